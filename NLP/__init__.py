@@ -1,0 +1,1 @@
+"""NLP: BERT-family teacher -> small BERT student for text classification (importable as `nlp`)."""

@@ -1,0 +1,1 @@
+"""Image classification: ResNet teacher -> small CNN student (importable as `image_classification`)."""

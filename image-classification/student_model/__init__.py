@@ -1,0 +1,1 @@
+"""Student models for this domain."""

@@ -1,0 +1,1 @@
+"""Teacher models for this domain."""
