@@ -1,0 +1,57 @@
+"""Distillation losses: pure functions on tensors plus registered, combinable terms.
+
+Importing this package registers every built-in term in :data:`LOSSES`.
+"""
+
+from common.losses.attention import (
+    AttentionKLTerm,
+    AttentionTransferTerm,
+    attention_kl_loss,
+    attention_loss,
+    attention_map,
+)
+from common.losses.hint import HintTerm, hint_loss, make_regressor
+from common.losses.kd import CrossEntropyTerm, DKDTerm, KDTerm, dkd_loss, kd_ce_loss, kd_loss
+from common.losses.policy import (
+    GaussianPolicyKLTerm,
+    PolicyDistillationTerm,
+    gaussian_policy_kl,
+    policy_distillation_loss,
+)
+from common.losses.registry import (
+    LOSSES,
+    CombinedLoss,
+    LossOutput,
+    LossTerm,
+    Registry,
+    build_loss,
+    parse_loss_spec,
+)
+
+__all__ = [
+    "LOSSES",
+    "AttentionKLTerm",
+    "AttentionTransferTerm",
+    "CombinedLoss",
+    "CrossEntropyTerm",
+    "DKDTerm",
+    "GaussianPolicyKLTerm",
+    "HintTerm",
+    "KDTerm",
+    "LossOutput",
+    "LossTerm",
+    "PolicyDistillationTerm",
+    "Registry",
+    "attention_kl_loss",
+    "attention_loss",
+    "attention_map",
+    "build_loss",
+    "dkd_loss",
+    "gaussian_policy_kl",
+    "hint_loss",
+    "kd_ce_loss",
+    "kd_loss",
+    "make_regressor",
+    "parse_loss_spec",
+    "policy_distillation_loss",
+]

@@ -1,0 +1,308 @@
+"""Losses: registry-wide properties, and each loss against math written out independently."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.distributions import Normal, kl_divergence
+
+from common.errors import ConfigError, ShapeMismatchError
+from common.losses import (
+    LOSSES,
+    Registry,
+    attention_kl_loss,
+    attention_loss,
+    build_loss,
+    dkd_loss,
+    gaussian_policy_kl,
+    hint_loss,
+    kd_ce_loss,
+    kd_loss,
+    make_regressor,
+    parse_loss_spec,
+    policy_distillation_loss,
+)
+
+B, C = 6, 5
+
+
+def _attn(b=B, h=2, n=4):
+    return torch.randn(b, h, n, n).softmax(-1)
+
+
+# Inputs for every registered term: (constructor options, student outputs, teacher outputs,
+# batch). A newly registered loss without an entry here fails test_every_loss_has_inputs.
+def _inputs(name: str, g: torch.Generator):
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    labels = torch.randint(0, C, (B,), generator=g)
+    table = {
+        "ce": ({}, {"logits": r(B, C)}, None, {"labels": labels}),
+        "kd": ({"temperature": 3.0}, {"logits": r(B, C)}, {"logits": r(B, C)}, {}),
+        "dkd": ({}, {"logits": r(B, C)}, {"logits": r(B, C)}, {"labels": labels}),
+        "hint": ({}, {"hint": r(B, 3, 4, 4)}, {"hint": r(B, 3, 4, 4)}, {}),
+        "at": ({}, {"hint": r(B, 3, 4, 4)}, {"hint": r(B, 3, 4, 4)}, {}),
+        "attention_kl": (
+            {},
+            {"attention": _attn()},
+            {"attention": _attn()},
+            {"attention_mask": torch.ones(B, 4)},
+        ),
+        "policy_kl": ({}, {"logits": r(B, C)}, {"logits": r(B, C)}, {}),
+        "gaussian_kl": (
+            {},
+            {"mean": r(B, 2), "log_std": r(2) * 0.3},
+            {"mean": r(B, 2), "log_std": r(2) * 0.3},
+            {},
+        ),
+    }
+    return table[name]
+
+
+def test_every_loss_has_inputs():
+    g = torch.Generator().manual_seed(0)
+    for name in LOSSES.names():
+        _inputs(name, g)  # KeyError names the loss that lacks test inputs
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_registered_loss_is_finite_scalar(name):
+    g = torch.Generator().manual_seed(1)
+    opts, s, t, batch = _inputs(name, g)
+    value = build_loss({name: 1.0}, {name: opts})(s, t, batch).total
+    assert value.dim() == 0
+    assert torch.isfinite(value)
+    assert value.item() >= -1e-6  # every term here is a divergence, a distance or a NLL
+
+
+@pytest.mark.parametrize("name", [n for n in LOSSES.names() if LOSSES.get(n).needs_teacher])
+def test_registered_loss_is_zero_when_student_equals_teacher(name):
+    g = torch.Generator().manual_seed(2)
+    opts, _, t, batch = _inputs(name, g)
+    s = {k: v.clone() for k, v in t.items()}
+    value = build_loss({name: 1.0}, {name: opts})(s, t, batch).total
+    assert value.item() == pytest.approx(0.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", [n for n in LOSSES.names() if LOSSES.get(n).needs_teacher])
+def test_gradients_reach_only_the_student(name):
+    g = torch.Generator().manual_seed(3)
+    opts, s, t, batch = _inputs(name, g)
+    s = {k: v.clone().requires_grad_(True) for k, v in s.items()}
+    t = {k: v.clone().requires_grad_(True) for k, v in t.items()}
+    build_loss({name: 1.0}, {name: opts})(s, t, batch).total.backward()
+    assert all(v.grad is not None and v.grad.abs().sum() > 0 for v in s.values())
+    assert all(v.grad is None for v in t.values())
+
+
+def test_kd_loss_matches_written_out_kl_times_t_squared():
+    g = torch.Generator().manual_seed(4)
+    s, t = torch.randn(B, C, generator=g), torch.randn(B, C, generator=g)
+    T = 4.0
+    p_t = torch.softmax(t / T, -1)
+    p_s = torch.softmax(s / T, -1)
+    expected = (p_t * (p_t.log() - p_s.log())).sum(-1).mean() * T * T
+    assert kd_loss(s, t, T).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_kd_loss_direction_is_teacher_to_student():
+    s = torch.tensor([[2.0, 0.0, -1.0]])
+    t = torch.tensor([[0.5, 0.3, 0.1]]).log()
+    forward = kd_loss(s, t, 1.0).item()
+    reverse = kd_loss(t, s, 1.0).item()  # KL(student || teacher) with roles swapped
+    p_t, p_s = t.softmax(-1), s.softmax(-1)
+    assert forward == pytest.approx((p_t * (p_t / p_s).log()).sum().item(), rel=1e-5)
+    assert forward != pytest.approx(reverse, rel=1e-3)
+
+
+def test_kd_gradient_is_t_times_probability_gap_and_keeps_its_scale():
+    # With the T^2 factor, d loss / d s = T * (softmax(s/T) - softmax(t/T)) / batch, which
+    # tends to (s - t) / C for large T (zero-mean logits, Hinton et al. sec. 2.1): the
+    # gradient scale stays put as T grows, where plain KL's would shrink as 1/T^2.
+    g = torch.Generator().manual_seed(5)
+    s0, t = torch.randn(2, C, generator=g), torch.randn(2, C, generator=g)
+    s0, t = s0 - s0.mean(-1, keepdim=True), t - t.mean(-1, keepdim=True)
+    for T in (1.0, 4.0):
+        s = s0.clone().requires_grad_(True)
+        kd_loss(s, t, T).backward()
+        exact = T * (torch.softmax(s0 / T, -1) - torch.softmax(t / T, -1)) / 2
+        torch.testing.assert_close(s.grad, exact)
+    s = s0.clone().requires_grad_(True)
+    kd_loss(s, t, 100.0).backward()
+    torch.testing.assert_close(s.grad, (s0 - t) / C / 2, rtol=0.05, atol=1e-3)
+
+
+def test_kd_ce_loss_is_the_alpha_mix():
+    g = torch.Generator().manual_seed(6)
+    s, t = torch.randn(B, C, generator=g), torch.randn(B, C, generator=g)
+    y = torch.randint(0, C, (B,), generator=g)
+    mixed = kd_ce_loss(s, t, y, temperature=2.0, alpha=0.3)
+    nll = -torch.log_softmax(s, -1)[torch.arange(B), y].mean()
+    assert mixed.item() == pytest.approx(
+        0.3 * kd_loss(s, t, 2.0).item() + 0.7 * nll.item(), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="alpha"):
+        kd_ce_loss(s, t, y, alpha=1.5)
+
+
+def test_dkd_matches_decomposition_by_hand():
+    g = torch.Generator().manual_seed(7)
+    s, t = torch.randn(B, C, generator=g), torch.randn(B, C, generator=g)
+    y = torch.randint(0, C, (B,), generator=g)
+    T, a, b = 2.0, 1.0, 8.0
+    total = 0.0
+    for i in range(B):
+        ps, pt = torch.softmax(s[i] / T, -1), torch.softmax(t[i] / T, -1)
+        bs = torch.stack([ps[y[i]], 1 - ps[y[i]]])
+        bt = torch.stack([pt[y[i]], 1 - pt[y[i]]])
+        tckd = (bt * (bt / bs).log()).sum()
+        keep = torch.arange(C) != y[i]
+        qs, qt = ps[keep] / ps[keep].sum(), pt[keep] / pt[keep].sum()
+        nckd = (qt * (qt / qs).log()).sum()
+        total += (a * tckd + b * nckd).item()
+    expected = total / B * T * T
+    assert dkd_loss(s, t, y, alpha=a, beta=b, temperature=T).item() == pytest.approx(
+        expected, rel=1e-4
+    )
+
+
+def test_dkd_is_classic_kd_decomposed():
+    # Zhao et al. eq. (2): KD = TCKD + (1 - p_t^target) * NCKD per sample (all at temperature T).
+    g = torch.Generator().manual_seed(8)
+    s, t = torch.randn(1, C, generator=g), torch.randn(1, C, generator=g)
+    y = torch.tensor([2])
+    T = 3.0
+    pt_target = torch.softmax(t / T, -1)[0, 2].item()
+    tckd = dkd_loss(s, t, y, alpha=1.0, beta=0.0, temperature=T).item()
+    nckd = dkd_loss(s, t, y, alpha=0.0, beta=1.0, temperature=T).item()
+    assert kd_loss(s, t, T).item() == pytest.approx(tckd + (1 - pt_target) * nckd, rel=1e-4)
+
+
+def test_hint_loss_with_regressor_and_mask():
+    torch.manual_seed(9)
+    s, t = torch.randn(B, 3, 4, 4), torch.randn(B, 8, 4, 4)
+    with pytest.raises(ShapeMismatchError, match="make_regressor"):
+        hint_loss(s, t)
+    reg = make_regressor(3, 8, "conv")
+    expected = ((reg(s) - t) ** 2).mean()
+    assert hint_loss(s, t, reg).item() == pytest.approx(expected.item(), rel=1e-6)
+    # Token features: masked positions do not count.
+    s2, t2 = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    expected = ((s2 - t2) ** 2)[mask.bool()].mean()
+    assert hint_loss(s2, t2, mask=mask).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_attention_loss_matches_reference_formula():
+    torch.manual_seed(10)
+    s, t = torch.randn(B, 3, 5, 5), torch.randn(B, 7, 5, 5)  # channel counts may differ
+
+    def at(x):
+        a = x.pow(2).mean(1).view(x.size(0), -1)
+        return a / a.norm(dim=1, keepdim=True)
+
+    expected = (at(s) - at(t)).pow(2).mean()
+    assert attention_loss(s, t).item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ShapeMismatchError, match="spatial"):
+        attention_loss(s, torch.randn(B, 3, 4, 4))
+
+
+def test_attention_kl_loss_matches_written_out_kl_with_mask():
+    torch.manual_seed(11)
+    s, t = _attn(2, 2, 3), _attn(2, 2, 3)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    kl = (t * (t.log() - s.log())).sum(-1)  # [B, H, Lq]
+    expected = kl[0].mean() * (2 * 3) + kl[1, :, :2].sum()
+    expected = expected / (2 * 3 + 2 * 2)
+    assert attention_kl_loss(s, t, mask).item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ShapeMismatchError, match="average_heads"):
+        attention_kl_loss(_attn(2, 4, 3), t)
+    assert torch.isfinite(attention_kl_loss(_attn(2, 4, 3), t, average_heads=True))
+
+
+def test_policy_distillation_tempers_only_the_teacher():
+    g = torch.Generator().manual_seed(12)
+    s, t = torch.randn(B, 4, generator=g), torch.randn(B, 4, generator=g)
+    tau = 0.5
+    p_t = torch.softmax(t / tau, -1)
+    expected = (p_t * (p_t.log() - torch.log_softmax(s, -1))).sum(-1).mean()
+    assert policy_distillation_loss(s, t, tau).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_gaussian_kl_matches_torch_distributions():
+    g = torch.Generator().manual_seed(13)
+    sm, tm = torch.randn(B, 3, generator=g), torch.randn(B, 3, generator=g)
+    sl, tl = torch.randn(3, generator=g) * 0.5, torch.randn(B, 3, generator=g) * 0.5
+    expected = kl_divergence(Normal(tm, tl.exp()), Normal(sm, sl.exp())).sum(-1).mean()
+    assert gaussian_policy_kl(sm, sl, tm, tl).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_registry_rejects_duplicates_and_unknown_names():
+    reg = Registry("thing")
+    reg.add("a", object)
+    with pytest.raises(KeyError, match="already registered"):
+        reg.add("a", dict)
+    with pytest.raises(KeyError, match="already registered"):
+        LOSSES.register("kd")(object)
+    with pytest.raises(ConfigError, match=r"known: .*kd"):
+        build_loss("kd_typo=1")
+
+
+def test_combined_loss_is_the_weighted_sum_and_reports_each_term():
+    g = torch.Generator().manual_seed(14)
+    s, t = torch.randn(B, C, generator=g), torch.randn(B, C, generator=g)
+    y = torch.randint(0, C, (B,), generator=g)
+    loss = build_loss("kd=0.7,ce=0.3", {"kd": {"temperature": 2.0}})
+    out = loss({"logits": s}, {"logits": t}, {"labels": y})
+    assert set(out.terms) == {"kd", "ce"}
+    assert out.total.item() == pytest.approx(kd_ce_loss(s, t, y, 2.0, 0.7).item(), rel=1e-6)
+    assert set(out.as_floats()) == {"loss", "loss/kd", "loss/ce"}
+    assert build_loss("ce").needs_teacher is False
+    assert loss.needs_teacher is True
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("kd=0.9,ce=0.1", {"kd": 0.9, "ce": 0.1}),
+        ("ce", {"ce": 1.0}),
+        (" kd = 2 , hint=1e-1 ", {"kd": 2.0, "hint": 0.1}),
+    ],
+)
+def test_parse_loss_spec(spec, expected):
+    assert parse_loss_spec(spec) == expected
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("", "empty"),
+        ("kd=abc", "bad weight"),
+        ("kd=1,kd=2", "twice"),
+        ("kd=nan", "finite"),
+    ],
+)
+def test_parse_loss_spec_errors(spec, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_loss_spec(spec)
+
+
+def test_missing_output_key_names_the_adapter_fix():
+    with pytest.raises(ConfigError, match="forward adapter returned only: logits"):
+        build_loss("hint")({"logits": torch.zeros(1, 2)}, {"logits": torch.zeros(1, 2)}, {})
+
+
+def test_teacher_with_other_class_count_is_a_clear_error():
+    with pytest.raises(ShapeMismatchError, match="class count"):
+        kd_loss(torch.zeros(2, 10), torch.zeros(2, 7))
+
+
+def test_losses_are_finite_for_extreme_logits():
+    big = torch.tensor([[1e4, -1e4, 0.0]])
+    y = torch.tensor([0])
+    assert math.isfinite(kd_loss(big, -big, 1.0).item())
+    assert math.isfinite(dkd_loss(big, -big, y).item())
+    assert math.isfinite(policy_distillation_loss(big, -big, 0.01).item())
+    assert F.cross_entropy(big, y).item() == pytest.approx(0.0)
