@@ -1,0 +1,257 @@
+"""Atomic, pickle-free checkpoints: safetensors for tensors, JSON for everything else.
+
+Layout of ``<dir>/step-00000120/``::
+
+    model.safetensors       student weights (shared/tied tensors handled by safetensors)
+    loss.safetensors        learnable loss parts (FitNets regressors), if any
+    optimizer.safetensors   optimizer state tensors, flattened as "<param index>.<name>"
+    rng.safetensors         torch CPU generator state
+    state.json              loop state, optimizer/scheduler scalars, numpy/python RNG
+
+Each checkpoint is written into a hidden temporary folder and renamed into place, then the
+``latest`` pointer is replaced atomically. A crash mid-write leaves the previous checkpoint
+and pointer untouched; a folder whose name lacks the prefix is never read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+
+from common.errors import CheckpointError
+
+PREFIX = "step-"
+LATEST = "latest"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
+
+
+def save_model_atomic(
+    model: nn.Module, path: Path, metadata: Mapping[str, str] | None = None
+) -> None:
+    """``safetensors.torch.save_model`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_model(model, tmp, metadata=dict(metadata) if metadata else None)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _flatten_optimizer(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, per_param in state["state"].items():
+        for name, value in per_param.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    for index, values in meta["scalars"].items():
+        state.setdefault(int(index), {}).update(values)
+    # JSON turned tuples (Adam's betas, Rprop's etas) into lists; optimizers hold them as
+    # tuples, and a list would compare and print differently after a resume.
+    groups = [
+        {k: (tuple(v) if isinstance(v, list) and k != "params" else v) for k, v in group.items()}
+        for group in meta["param_groups"]
+    ]
+    return {"state": state, "param_groups": groups}
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {"torch_cpu": torch.get_rng_state()}, {
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+        "python": [py_version, list(py_state), py_gauss],
+    }
+
+
+def _set_rng_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    kind, keys, pos, has_gauss, gauss = meta["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    py_version, py_state, py_gauss = meta["python"]
+    random.setstate((py_version, tuple(py_state), py_gauss))
+
+
+def _json_safe(obj: Any, where: str) -> Any:
+    try:
+        json.dumps(obj, allow_nan=True)
+    except TypeError as err:
+        raise CheckpointError(
+            f"cannot store {where} as JSON ({err}); use a scheduler/optimizer whose state_dict "
+            "holds only numbers, strings and lists (e.g. a LambdaLR built from a plain function)"
+        ) from None
+    return obj
+
+
+def save_checkpoint(
+    directory: Path,
+    step: int,
+    *,
+    model: nn.Module,
+    loop_state: Mapping[str, Any],
+    loss_module: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    keep_last: int = 2,
+    config: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write checkpoint ``step`` under ``directory`` atomically; prune to ``keep_last``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"{PREFIX}{step:08d}"
+    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=f".tmp-{PREFIX}{step:08d}-"))
+    try:
+        save_model(model, str(tmp / "model.safetensors"))
+        if loss_module is not None and any(True for _ in loss_module.state_dict()):
+            save_model(loss_module, str(tmp / "loss.safetensors"))
+        meta: dict[str, Any] = {
+            "step": step,
+            "loop": _json_safe(dict(loop_state), "loop state"),
+            "config": _json_safe(dict(config or {}), "run configuration"),
+        }
+        if optimizer is not None:
+            opt_tensors, meta["optimizer"] = _flatten_optimizer(optimizer.state_dict())
+            _json_safe(meta["optimizer"], "optimizer state")
+            save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        if scheduler is not None:
+            meta["scheduler"] = _json_safe(scheduler.state_dict(), "scheduler state")
+        rng_tensors, meta["rng"] = _rng_state()
+        save_file(rng_tensors, str(tmp / "rng.safetensors"))
+        # state.json last: its presence marks the folder complete even before the rename.
+        atomic_write_json(tmp / "state.json", meta)
+        if final.exists():  # re-saving the same step (e.g. after a resume): replace it
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_text(directory / LATEST, final.name + "\n")
+    for old in list_checkpoints(directory)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoints under ``directory``, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [
+        p
+        for p in directory.iterdir()
+        if p.is_dir() and p.name.startswith(PREFIX) and (p / "state.json").is_file()
+    ]
+    return sorted(found, key=lambda p: p.name)
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The checkpoint the ``latest`` pointer names, else the newest complete one, else None."""
+    directory = Path(directory)
+    pointer = directory / LATEST
+    if pointer.is_file():
+        named = directory / pointer.read_text(encoding="utf-8").strip()
+        if (named / "state.json").is_file():
+            return named
+    found = list_checkpoints(directory)
+    return found[-1] if found else None
+
+
+def load_checkpoint(
+    path: Path,
+    *,
+    model: nn.Module,
+    loss_module: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    restore_rng: bool = True,
+    config: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` into the given objects in place.
+
+    Returns the saved loop state. Shape or key mismatches raise :class:`CheckpointError`
+    naming the checkpoint, so resuming with a changed model is caught, not half-loaded; so
+    does a ``config`` that differs from the one saved (a run resumed with other settings
+    would be neither the old run nor the new one).
+    """
+    path = Path(path)
+    state_file = path / "state.json"
+    if not state_file.is_file():
+        raise CheckpointError(
+            f"{path} is not a complete checkpoint (no state.json); delete it to start afresh"
+        )
+    meta = json.loads(state_file.read_text(encoding="utf-8"))
+    if config is not None:
+        saved = meta.get("config", {})
+        wanted = json.loads(json.dumps(dict(config)))  # compare as JSON would store it
+        changed = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+        if changed:
+            diff = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}" for k in changed)
+            raise CheckpointError(
+                f"checkpoint {path} was written with other settings ({diff}); resume with the "
+                "same settings, or start afresh in a new run directory"
+            )
+    try:
+        load_model(model, str(path / "model.safetensors"))
+        loss_file = path / "loss.safetensors"
+        if loss_module is not None and loss_file.is_file():
+            load_model(loss_module, str(loss_file))
+        elif loss_module is not None and any(True for _ in loss_module.state_dict()):
+            raise CheckpointError(
+                f"{path} holds no loss-module weights, but this run's loss has some"
+            )
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model ({err}). Was the model or loss changed "
+            "since it was written? Resume with the same configuration, or use a new run directory."
+        ) from None
+    if optimizer is not None and "optimizer" in meta:
+        optimizer.load_state_dict(
+            _unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), meta["optimizer"])
+        )
+    if scheduler is not None and "scheduler" in meta:
+        scheduler.load_state_dict(meta["scheduler"])
+    if restore_rng:
+        _set_rng_state(load_file(str(path / "rng.safetensors")), meta["rng"])
+    return meta["loop"]
