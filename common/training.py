@@ -1,0 +1,274 @@
+"""The one distillation loop that every domain uses.
+
+A domain supplies a :class:`ForwardAdapter` (how to run its student and teacher on a dict
+batch) and an iterable of dict batches; the loop does the rest the same way everywhere:
+
+* Accelerate prepares the trainable module (student + learnable loss parts), optimizer,
+  loader and scheduler, so the same code runs on CPU, one GPU, or DDP/FSDP under
+  ``accelerate launch``;
+* the teacher is moved to the device, frozen, kept in ``eval()`` and run under
+  ``torch.no_grad()``; it is skipped entirely when no loss term reads it;
+* a non-finite loss stops the run before the optimizer step, so no checkpoint holds it;
+* logging, evaluation and checkpointing are :class:`~common.callbacks.Callback` objects.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from common.errors import ConfigError, NonFiniteLossError
+from common.losses.registry import CombinedLoss
+
+Batch = Mapping[str, Any]
+
+
+class ForwardAdapter(Protocol):
+    """How a domain runs its models on a batch. Both return a dict of named outputs
+    (``"logits"``, tapped features, attention maps, ...) that the loss terms read."""
+
+    def student(self, model: nn.Module, batch: Batch) -> dict[str, Tensor]: ...
+
+    def teacher(self, model: nn.Module, batch: Batch) -> dict[str, Tensor]: ...
+
+
+@dataclass
+class LoopConfig:
+    """Loop-level settings; model, data and optimizer choices belong to the domain script."""
+
+    epochs: int = 1
+    """Passes over the training data."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps, even mid-epoch (equal-budget comparisons)."""
+    max_grad_norm: float | None = None
+    """Clip the global gradient norm to this value; None disables clipping."""
+
+
+@dataclass
+class LoopState:
+    """What the loop has done; saved in checkpoints so a killed run resumes where it was."""
+
+    epoch: int = 0
+    """Index of the epoch in progress (equals the number of finished epochs between epochs)."""
+    step: int = 0
+    """Optimizer steps taken."""
+    batches_in_epoch: int = 0
+    """Batches of the current epoch already consumed (to skip them on resume)."""
+    best: dict[str, Any] = field(default_factory=dict)
+    """Best evaluation so far: the monitored metric, its epoch and step, and all metrics."""
+    last_eval: dict[str, float] = field(default_factory=dict)
+    """Metrics of the most recent evaluation."""
+    stop: bool = False
+    """Set by a callback (early stopping) to end training after the current step."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LoopState:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+class _Distiller(nn.Module):
+    """Student and learnable loss parts as one module, so DDP syncs the regressors' gradients
+    too (a regressor outside the wrapped module would drift apart across processes)."""
+
+    def __init__(self, student: nn.Module, loss_fn: CombinedLoss, adapter: ForwardAdapter) -> None:
+        super().__init__()
+        self.student = student
+        self.loss_fn = loss_fn
+        self.adapter = adapter
+
+    def forward(
+        self, batch: Batch, teacher_outputs: Mapping[str, Tensor] | None
+    ) -> dict[str, Tensor]:
+        out = self.loss_fn(self.adapter.student(self.student, batch), teacher_outputs, batch)
+        return {"loss": out.total, **{f"loss/{k}": v for k, v in out.terms.items()}}
+
+
+def make_accelerator(
+    cpu: bool = False,
+    split_batches: bool = False,
+    gradient_accumulation_steps: int = 1,
+    mixed_precision: str = "no",
+) -> Accelerator:
+    """An Accelerator with a seedable sampler, so data order depends on (seed, epoch) only:
+    that is what makes a resumed run see the same batches as an uninterrupted one."""
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        dataloader_config=DataLoaderConfiguration(
+            split_batches=split_batches, use_seedable_sampler=True
+        ),
+    )
+
+
+def trainable_parameters(student: nn.Module, loss_fn: nn.Module) -> list[nn.Parameter]:
+    """Parameters the optimizer must own: the student's and any learnable loss parts'."""
+    return [p for p in [*student.parameters(), *loss_fn.parameters()] if p.requires_grad]
+
+
+class DistillationLoop:
+    """Train ``student`` with ``loss_fn`` (optionally against a frozen ``teacher``).
+
+    Callbacks run in the order given; put evaluation before checkpointing and logging so
+    they see its metrics. After :meth:`run`, ``self.state`` holds the outcome and
+    ``self.student`` the trained (unwrapped) model.
+    """
+
+    def __init__(
+        self,
+        *,
+        student: nn.Module,
+        loss_fn: CombinedLoss,
+        adapter: ForwardAdapter,
+        train_data: Iterable[Batch],
+        optimizer: torch.optim.Optimizer,
+        accelerator: Accelerator,
+        teacher: nn.Module | None = None,
+        scheduler: Any | None = None,
+        config: LoopConfig | None = None,
+        callbacks: Sequence[Any] = (),
+    ) -> None:
+        self.config = config or LoopConfig()
+        if self.config.epochs < 1 and self.config.max_steps is None:
+            raise ConfigError("epochs must be >= 1 (or give max_steps)")
+        if loss_fn.needs_teacher and teacher is None:
+            raise ConfigError(
+                f"loss terms {sorted(loss_fn.terms)} read teacher outputs but no teacher was "
+                "given; train or load a teacher first, or use the student-alone loss 'ce'"
+            )
+        owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        missing = [
+            n for n, p in loss_fn.named_parameters() if p.requires_grad and id(p) not in owned
+        ]
+        if missing:
+            raise ConfigError(
+                f"the optimizer does not own the loss's learnable parameters {missing}; build it "
+                "from common.training.trainable_parameters(student, loss_fn)"
+            )
+        self.accelerator = accelerator
+        self.adapter = adapter
+        self.callbacks = list(callbacks)
+        self.state = LoopState()
+        self.loss_fn = loss_fn
+        self.teacher = None
+        if teacher is not None and loss_fn.needs_teacher:
+            teacher = teacher.to(accelerator.device).eval()
+            teacher.requires_grad_(False)
+            self.teacher = teacher
+
+        prepared = accelerator.prepare(
+            _Distiller(student, loss_fn, adapter),
+            optimizer,
+            train_data,
+            *([scheduler] if scheduler is not None else []),
+        )
+        self.module, self.optimizer, self.train_data = prepared[:3]
+        self.scheduler = prepared[3] if scheduler is not None else None
+
+    # Unwrapped views for callbacks (DDP wraps the module; checkpoints hold plain weights).
+    @property
+    def student(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.module).student
+
+    @property
+    def unwrapped_loss(self) -> CombinedLoss:
+        return self.accelerator.unwrap_model(self.module).loss_fn
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    def steps_per_epoch(self) -> int | None:
+        try:
+            return len(self.train_data)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+
+    def total_steps(self) -> int | None:
+        per_epoch = self.steps_per_epoch()
+        by_epochs = None
+        if per_epoch is not None:
+            accum = self.accelerator.gradient_accumulation_steps
+            by_epochs = self.config.epochs * math.ceil(per_epoch / accum)
+        if self.config.max_steps is None:
+            return by_epochs
+        return self.config.max_steps if by_epochs is None else min(by_epochs, self.config.max_steps)
+
+    def _done(self) -> bool:
+        c = self.config
+        return self.state.stop or (c.max_steps is not None and self.state.step >= c.max_steps)
+
+    def _check_finite(self, out: Mapping[str, Tensor]) -> None:
+        bad = ~torch.isfinite(out["loss"].detach())
+        if self.accelerator.num_processes > 1:
+            # Every process must stop together, or the others hang in the next all-reduce.
+            bad = self.accelerator.reduce(bad.float(), reduction="sum") > 0
+        if bool(bad):
+            terms = {k: float(v.detach()) for k, v in out.items()}
+            raise NonFiniteLossError(
+                f"loss is not finite at epoch {self.state.epoch}, step {self.state.step}: {terms}. "
+                "Nothing was written for this step; the last checkpoint is intact. Try a lower "
+                "learning rate, gradient clipping (max_grad_norm), or check the inputs for NaN."
+            )
+
+    def run(self) -> LoopState:
+        self._call("on_train_begin")
+        self.module.train()
+        while self.state.epoch < self.config.epochs and not self._done():
+            data = self.train_data
+            if hasattr(data, "set_epoch"):
+                data.set_epoch(self.state.epoch)
+            if self.state.batches_in_epoch:
+                # Resumed mid-epoch: skip what the checkpointed run already consumed.
+                data = (
+                    self.accelerator.skip_first_batches(data, self.state.batches_in_epoch)
+                    if isinstance(data, DataLoader)
+                    else itertools.islice(data, self.state.batches_in_epoch, None)
+                )
+            self._call("on_epoch_begin")
+            for batch in data:
+                self._train_batch(batch)
+                if self._done():
+                    break
+            else:
+                self.state.epoch += 1
+                self.state.batches_in_epoch = 0
+                self._call("on_epoch_end")
+        self._call("on_train_end")
+        return self.state
+
+    def _train_batch(self, batch: Batch) -> None:
+        acc = self.accelerator
+        with acc.accumulate(self.module):
+            teacher_out = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_out = self.adapter.teacher(self.teacher, batch)
+            out = self.module(batch, teacher_out)
+            self._check_finite(out)
+            acc.backward(out["loss"])
+            if acc.sync_gradients and self.config.max_grad_norm is not None:
+                acc.clip_grad_norm_(self.module.parameters(), self.config.max_grad_norm)
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.state.batches_in_epoch += 1
+        if acc.sync_gradients:
+            self.state.step += 1
+            logs = {k: float(v.detach()) for k, v in out.items()}
+            logs["lr"] = float(self.optimizer.param_groups[0]["lr"])
+            self._call("on_step_end", logs)

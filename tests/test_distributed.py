@@ -1,0 +1,67 @@
+"""The shared loop under `accelerate launch` with 2 CPU processes (gloo) gives the same
+student, regressor included, as 1 process: the multi-GPU/multi-node path is the real one."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+TOY = Path(__file__).with_name("toy.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    # Keep both processes to one thread each: 2 processes x N threads on 2 cores thrash.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    one = tmp_path / "one.safetensors"
+    two = tmp_path / "two.safetensors"
+    out1 = _run([sys.executable, str(TOY), "--out", str(one)], tmp_path)
+    # `--cpu --num_processes 2` starts a single process; `--multi_gpu` with
+    # Accelerator(cpu=True) is what starts two gloo processes on a CPU-only machine.
+    out2 = _run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(_free_port()),
+            str(TOY),
+            "--out",
+            str(two),
+        ],
+        tmp_path,
+    )
+    assert "processes=1 steps=24" in out1
+    assert "processes=2 steps=24" in out2
+    a, b = load_file(str(one)), load_file(str(two))
+    assert a.keys() == b.keys() and any(k.startswith("loss.") for k in a)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
