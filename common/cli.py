@@ -1,0 +1,167 @@
+"""Dataclass arguments for scripts: defaults in code, named presets, CLI overrides.
+
+A script declares ``@dataclass class Args`` with a docstring under each field (shown as the
+``--help`` text), optional presets as named instances, and calls :func:`parse_args`::
+
+    args = parse_args(Args, presets={"quick": QUICK, "full": FULL})
+
+``--preset NAME`` starts from that instance; any ``--field value`` then overrides it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import sys
+import textwrap
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass (``""`` where there is none)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):  # no source (e.g. built in a REPL): no help text
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, [*body[1:], None], strict=True):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            return rest[0], True
+    return tp, False
+
+
+def _converter(tp: Any, optional: bool):
+    def convert(text: str) -> Any:
+        if optional and text.lower() in ("none", "null"):
+            return None
+        if tp is bool:
+            lowered = text.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+        return tp(text)
+
+    convert.__name__ = getattr(tp, "__name__", str(tp))  # argparse shows it in errors
+    return convert
+
+
+def _add_field(
+    parser: argparse.ArgumentParser, f: dataclasses.Field, tp: Any, default: Any, help_text: str
+) -> None:
+    flag = "--" + f.name.replace("_", "-")
+    tp, optional = _unwrap_optional(tp)
+    origin = typing.get_origin(tp)
+    kwargs: dict[str, Any] = {
+        "dest": f.name,
+        "default": default,
+        "help": f"{help_text} (default: {default!r})",
+    }
+    if tp is bool and not optional:
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        return
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        parser.add_argument(
+            flag,
+            type=_converter(type(choices[0]), optional),
+            choices=[*choices, *([None] if optional else [])],
+            metavar="{" + ",".join(map(str, choices)) + "}",
+            **kwargs,
+        )
+        return
+    if origin in (list, tuple, Sequence):
+        (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis} or {str}
+        parser.add_argument(flag, type=_converter(item, False), nargs="*", **kwargs)
+        return
+    if tp in (int, float, str, Path):
+        parser.add_argument(flag, type=_converter(tp, optional), **kwargs)
+        return
+    raise TypeError(f"parse_args cannot handle field {f.name!r} of type {tp!r}")
+
+
+def parse_args(
+    cls: type[T],
+    argv: Sequence[str] | None = None,
+    presets: Mapping[str, T] | None = None,
+    description: str | None = None,
+) -> T:
+    """Build ``cls`` from a preset (if any) plus command-line overrides."""
+    presets = dict(presets or {})
+    pre = argparse.ArgumentParser(add_help=False)
+    if presets:
+        pre.add_argument("--preset", choices=sorted(presets))
+    known, _ = pre.parse_known_args(argv)
+    base = presets[known.preset] if presets and known.preset else None
+
+    parser = argparse.ArgumentParser(
+        description=description or (inspect.getdoc(cls) or "").split("\n\n")[0]
+    )
+    if presets:
+        parser.add_argument(
+            "--preset",
+            choices=sorted(presets),
+            default=known.preset,
+            help="start from this named configuration; other flags override it",
+        )
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if not f.init:
+            continue
+        if base is not None:
+            default = getattr(base, f.name)
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            raise TypeError(f"field {f.name!r} of {cls.__name__} needs a default")
+        _add_field(parser, f, hints[f.name], default, docs.get(f.name, ""))
+    ns = vars(parser.parse_args(argv))
+    ns.pop("preset", None)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        tp, _ = _unwrap_optional(hints[f.name])
+        if typing.get_origin(tp) is tuple and isinstance(ns.get(f.name), list):
+            ns[f.name] = tuple(ns[f.name])
+    return cls(**ns)
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """Run a script's ``main()``; a :class:`~common.errors.DistilleryError` (bad input the
+    user can fix) prints its message alone, not a traceback, and exits with status 2."""
+    from common.errors import DistilleryError
+
+    try:
+        main()
+    except DistilleryError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
