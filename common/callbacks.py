@@ -16,8 +16,8 @@ from common.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
-    save_model_atomic,
 )
+from common.io import save_model_atomic
 from common.training import LoopState
 
 if TYPE_CHECKING:

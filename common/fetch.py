@@ -36,12 +36,13 @@ import tarfile
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from common.errors import ConfigError, DistilleryError
+from common.io import atomic_write
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MANIFEST_PATH = Path(__file__).with_name("data_manifest.json")
@@ -201,38 +202,6 @@ def _verify_file(name: str, path: Path, spec: FileSpec) -> None:
 
 
 # --------------------------------------------------------------------------- atomic writes
-
-
-def _default_mode(dest: Path) -> int:
-    if dest.exists():
-        return dest.stat().st_mode & 0o777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-@contextlib.contextmanager
-def atomic_write(dest: Path) -> Iterator[IO[bytes]]:
-    """Open a temp file beside ``dest``; on clean exit it replaces ``dest`` in one rename.
-
-    On any exception the temp file is removed and ``dest`` is untouched, so a reader never sees
-    a partial file under the final name. The temp file sits in the same directory so that
-    ``os.replace`` is a same-filesystem rename.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
-    try:
-        # mkstemp creates 0600; give the final file the mode a plain open() would have.
-        os.chmod(tmp, _default_mode(dest))
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _install(src: IO[bytes], dest: Path, expected: str | None, what: str) -> tuple[str, int]:

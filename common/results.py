@@ -39,8 +39,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from common.checkpoint import atomic_write_json
 from common.errors import DistilleryError
+from common.io import atomic_write_json
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"

@@ -11,6 +11,7 @@ from torch import nn
 
 from common import checkpoint as ckpt
 from common.errors import CheckpointError
+from common.io import atomic_write_json
 from common.losses import build_loss
 
 
@@ -132,14 +133,14 @@ def test_loading_into_a_different_model_is_a_clear_error(tmp_path):
 
 def test_atomic_write_text_leaves_old_content_on_failure(tmp_path, monkeypatch):
     target = tmp_path / "f.json"
-    ckpt.atomic_write_json(target, {"a": 1})
+    atomic_write_json(target, {"a": 1})
 
     def fail(*args):
         raise OSError("no space")
 
     monkeypatch.setattr(os, "replace", fail)
     with pytest.raises(OSError):
-        ckpt.atomic_write_json(target, {"a": 2})
+        atomic_write_json(target, {"a": 2})
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
 
