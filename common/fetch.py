@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import IO
 
 from common.errors import ConfigError, DistilleryError
-from common.io import atomic_write
+from common.io import atomic_write, sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MANIFEST_PATH = Path(__file__).with_name("data_manifest.json")
@@ -163,15 +163,6 @@ def dataset_dir(name: str) -> Path:
                 f"{spec.size}. Delete the file and {_fix_hint(name)}."
             )
     return root
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_recorded(name: str, spec: FileSpec) -> str:

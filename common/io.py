@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -34,9 +35,10 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
     os.close(fd)
     try:
-        # mkstemp creates 0600; give the final file the mode a plain open() would have.
-        os.chmod(tmp, _default_mode(dest))
         yield Path(tmp)
+        # mkstemp creates 0600 (and a writer may have re-created the file): give the final
+        # file the mode a plain open() would have.
+        os.chmod(tmp, _default_mode(dest))
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -68,3 +70,12 @@ def save_model_atomic(
     """``safetensors.torch.save_model`` (handles tied weights) through :func:`atomic_path`."""
     with atomic_path(path) as tmp:
         save_model(model, str(tmp), metadata=dict(metadata) if metadata else None)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

@@ -97,13 +97,19 @@ class _Distiller(nn.Module):
 
 
 def make_accelerator(
-    cpu: bool = False,
+    cpu: bool | None = None,
     split_batches: bool = False,
     gradient_accumulation_steps: int = 1,
     mixed_precision: str = "no",
 ) -> Accelerator:
     """An Accelerator with a seedable sampler, so data order depends on (seed, epoch) only:
-    that is what makes a resumed run see the same batches as an uninterrupted one."""
+    that is what makes a resumed run see the same batches as an uninterrupted one.
+
+    ``cpu=None`` means "CPU when there is no CUDA device", which is also what lets
+    ``accelerate launch --multi_gpu`` start gloo processes on a CPU-only machine.
+    """
+    if cpu is None:
+        cpu = not torch.cuda.is_available()
     return Accelerator(
         cpu=cpu,
         mixed_precision=mixed_precision,
