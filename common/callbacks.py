@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from accelerate.utils import broadcast_object_list
 from torch import nn
 
 from common.checkpoint import (
@@ -91,8 +93,8 @@ class ProgressBar(Callback):
 class EvaluateCallback(Callback):
     """Run ``evaluate(student)`` after every ``every_epochs`` epochs and at the end.
 
-    ``evaluate`` returns named metrics (e.g. ``{"val/accuracy": 0.91}``); it is called on
-    every process (so it may gather across them) with the unwrapped student in eval mode.
+    ``evaluate`` returns named metrics (e.g. ``{"val/accuracy": 0.91}``); it runs on the main
+    process with the unwrapped student in eval mode, and the result is sent to the others.
     The best value of ``monitor`` is kept in ``loop.state.best`` with its epoch and step.
     """
 
@@ -114,14 +116,22 @@ class EvaluateCallback(Callback):
         self._evaluated_step = -1
 
     def _run(self, loop: DistillationLoop) -> None:
+        acc = loop.accelerator
         student = loop.student
         was_training = student.training
         student.eval()
         try:
-            with torch.no_grad():
-                metrics = {k: float(v) for k, v in self.evaluate(student).items()}
+            # Process 0 evaluates and tells the others: after the last step each process's
+            # BatchNorm statistics differ slightly, and every process must agree on `best`.
+            metrics = None
+            if acc.is_main_process:
+                with torch.no_grad():
+                    metrics = {k: float(v) for k, v in self.evaluate(student).items()}
+            if acc.num_processes > 1:
+                metrics = broadcast_object_list([metrics], from_process=0)[0]
         finally:
             student.train(was_training)
+        assert metrics is not None
         if self.monitor not in metrics:
             raise KeyError(
                 f"evaluate() returned {sorted(metrics)}, not the monitored {self.monitor!r}"
@@ -235,7 +245,8 @@ class CheckpointCallback(Callback):
     at the end; on start, resume from the latest checkpoint in ``directory`` if there is one.
 
     With ``save_best``, also keeps ``best.safetensors`` (student weights at the best
-    evaluation) beside the checkpoints. ``config`` (JSON-able settings of the run) is stored
+    evaluation) beside the checkpoints. ``resume=False`` deletes the folder's old
+    checkpoints and starts afresh. ``config`` (JSON-able settings of the run) is stored
     with each checkpoint; resuming under different settings is refused with the difference.
     """
 
@@ -255,7 +266,14 @@ class CheckpointCallback(Callback):
         self._saved: dict[str, Any] | None = None  # loop state at the last save
 
     def on_train_begin(self, loop: DistillationLoop) -> None:
-        found = latest_checkpoint(self.directory) if self.resume else None
+        if not self.resume:
+            # Starting afresh: the old run's checkpoints would otherwise outrank the new
+            # ones (higher steps) and be picked up by the next resume.
+            if loop.accelerator.is_main_process and self.directory.exists():
+                shutil.rmtree(self.directory)
+            loop.accelerator.wait_for_everyone()
+            return
+        found = latest_checkpoint(self.directory)
         if found is None:
             return
         saved = load_checkpoint(

@@ -128,16 +128,42 @@ def save_checkpoint(
         save_file(rng_tensors, str(tmp / "rng.safetensors"))
         # state.json last: its presence marks the folder complete even before the rename.
         atomic_write_json(tmp / "state.json", meta)
-        if final.exists():  # re-saving the same step (e.g. after a resume): replace it
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        _fsync_tree(tmp)
+        if final.exists():  # re-saving the same step (after a resume): swap, never delete first
+            old = directory / f".old-{final.name}-{os.getpid()}"
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+        _fsync_dir(directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     atomic_write_text(directory / LATEST, final.name + "\n")
-    for old in list_checkpoints(directory)[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    for old_ckpt in list_checkpoints(directory)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old_ckpt, ignore_errors=True)
+    # Temporary folders of killed writers (not ours: ours is renamed or removed above).
+    for stale in directory.glob(f".tmp-{PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file and the folder itself, so a power cut after the rename cannot leave
+    a complete-looking checkpoint with truncated tensors."""
+    for f in folder.iterdir():
+        with open(f, "rb") as handle:
+            os.fsync(handle.fileno())
+    _fsync_dir(folder)
 
 
 def list_checkpoints(directory: Path) -> list[Path]:

@@ -41,6 +41,7 @@ from typing import Any
 
 from common.errors import DistilleryError
 from common.io import atomic_write_json
+from common.training import is_main_process
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
@@ -193,13 +194,17 @@ def validate(data: Any) -> list[str]:
 
 
 def write_results(run_dir: Path, result: RunResult) -> Path:
-    """Validate and write ``run_dir/results.json`` atomically; returns its path."""
+    """Validate and write ``run_dir/results.json`` atomically; returns its path.
+
+    Under ``accelerate launch`` only the main process writes (every process holds the same
+    result; several writers would race on one file)."""
     data = result.to_dict()
     problems = validate(data)
     if problems:
         raise ResultsError("refusing to write an invalid results file: " + "; ".join(problems))
     path = Path(run_dir) / RESULTS_FILE
-    atomic_write_json(path, data)
+    if is_main_process():
+        atomic_write_json(path, data)
     return path
 
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import DataLoaderConfiguration
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -46,7 +46,7 @@ class LoopConfig:
     """Loop-level settings; model, data and optimizer choices belong to the domain script."""
 
     epochs: int = 1
-    """Passes over the training data."""
+    """Passes over the training data; 0 means "until max_steps"."""
     max_steps: int | None = None
     """Stop after this many optimizer steps, even mid-epoch (equal-budget comparisons)."""
     max_grad_norm: float | None = None
@@ -118,6 +118,12 @@ def make_accelerator(
             split_batches=split_batches, use_seedable_sampler=True
         ),
     )
+
+
+def is_main_process() -> bool:
+    """True in a single process, and in process 0 of an ``accelerate launch`` group: the one
+    that writes shared files (results, saved models, summaries) and prints reports."""
+    return PartialState().is_main_process
 
 
 def trainable_parameters(student: nn.Module, loss_fn: nn.Module) -> list[nn.Parameter]:
@@ -206,12 +212,15 @@ class DistillationLoop:
     def total_steps(self) -> int | None:
         per_epoch = self.steps_per_epoch()
         by_epochs = None
-        if per_epoch is not None:
+        if per_epoch is not None and self.config.epochs > 0:
             accum = self.accelerator.gradient_accumulation_steps
             by_epochs = self.config.epochs * math.ceil(per_epoch / accum)
         if self.config.max_steps is None:
             return by_epochs
         return self.config.max_steps if by_epochs is None else min(by_epochs, self.config.max_steps)
+
+    def _epochs_left(self) -> bool:
+        return self.config.epochs <= 0 or self.state.epoch < self.config.epochs
 
     def _done(self) -> bool:
         c = self.config
@@ -233,7 +242,7 @@ class DistillationLoop:
     def run(self) -> LoopState:
         self._call("on_train_begin")
         self.module.train()
-        while self.state.epoch < self.config.epochs and not self._done():
+        while self._epochs_left() and not self._done():
             data = self.train_data
             if hasattr(data, "set_epoch"):
                 data.set_epoch(self.state.epoch)

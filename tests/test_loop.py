@@ -60,7 +60,8 @@ class _Crash(Callback):
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("crash_at", [5, 8, 11])  # mid-epoch, at an epoch boundary, later
+# 8 steps per epoch: mid-epoch 1, at the boundary, mid-epoch 2 (checkpoint at 12), epoch 3.
+@pytest.mark.parametrize("crash_at", [5, 8, 13, 19])
 def test_killed_run_resumes_to_the_same_weights(tmp_path, crash_at):
     reference = trained_weights(_run(make_loop(tmp_path / "ref", checkpoint_every=4)))
 
@@ -173,3 +174,18 @@ def test_tensorboard_and_best_weights_are_written(tmp_path):
     loop.run()
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert (tmp_path / "checkpoints" / "best.safetensors").is_file()
+
+
+def test_epochs_zero_with_max_steps_runs_to_the_step_budget():
+    loop = make_loop(None, epochs=0, max_steps=20)
+    assert loop.run().step == 20 and loop.state.epoch == 2
+
+
+def test_no_resume_starts_afresh_and_drops_the_old_checkpoints(tmp_path):
+    make_loop(tmp_path, epochs=2).run()
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step-00000016"
+    fresh = make_loop(tmp_path, epochs=1, max_steps=3)
+    fresh.callbacks[-2].resume = False
+    fresh.run()
+    assert fresh.state.step == 3
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step-00000003"]

@@ -188,6 +188,11 @@ def test_hint_loss_with_regressor_and_mask():
     reg = make_regressor(3, 8, "conv")
     expected = ((reg(s) - t) ** 2).mean()
     assert hint_loss(s, t, reg).item() == pytest.approx(expected.item(), rel=1e-6)
+    # A pooled regressor pairs a 4x4 student map with a 2x2 teacher map.
+    pooled = make_regressor(3, 8, "conv", teacher_size=(2, 2))
+    t_small = torch.randn(B, 8, 2, 2)
+    expected = ((pooled[1](F.avg_pool2d(s, 2)) - t_small) ** 2).mean()
+    assert hint_loss(s, t_small, pooled).item() == pytest.approx(expected.item(), rel=1e-6)
     # Token features: masked positions do not count.
     s2, t2 = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
@@ -207,6 +212,14 @@ def test_attention_loss_matches_reference_formula():
     assert attention_loss(s, t).item() == pytest.approx(expected.item(), rel=1e-5)
     with pytest.raises(ShapeMismatchError, match="spatial"):
         attention_loss(s, torch.randn(B, 3, 4, 4))
+    # resize=True pools the larger map to the smaller size before normalising.
+    big, small = torch.randn(B, 3, 8, 8), torch.randn(B, 5, 4, 4)
+    pooled = F.avg_pool2d(big.pow(2).mean(1, keepdim=True), 2).flatten(1)
+    pooled = pooled / pooled.norm(dim=1, keepdim=True)
+    expected = (pooled - at(small)).pow(2).mean()
+    assert attention_loss(big, small, resize=True).item() == pytest.approx(
+        expected.item(), rel=1e-5
+    )
 
 
 def test_attention_kl_loss_matches_written_out_kl_with_mask():
@@ -219,6 +232,15 @@ def test_attention_kl_loss_matches_written_out_kl_with_mask():
     assert attention_kl_loss(s, t, mask).item() == pytest.approx(expected.item(), rel=1e-5)
     with pytest.raises(ShapeMismatchError, match="average_heads"):
         attention_kl_loss(_attn(2, 4, 3), t)
+    # Padded keys carry probability 0 in both maps (as HF returns them): no NaN, and the KL
+    # equals the one over real keys only.
+    logits = torch.randn(1, 1, 3, 3)
+    key_mask = torch.tensor([True, True, False])
+    s_pad = logits.masked_fill(~key_mask, float("-inf")).softmax(-1)
+    t_pad = torch.randn(1, 1, 3, 3).masked_fill(~key_mask, float("-inf")).softmax(-1)
+    real = (t_pad * (t_pad.log() - s_pad.log()))[..., key_mask].sum(-1).mean()
+    got = attention_kl_loss(s_pad, t_pad)
+    assert torch.isfinite(got) and got.item() == pytest.approx(real.item(), rel=1e-5)
     assert torch.isfinite(attention_kl_loss(_attn(2, 4, 3), t, average_heads=True))
 
 

@@ -80,7 +80,7 @@ def make_loop(
     loss = build_loss(loss_spec, {k: v for k, v in options.items() if k in loss_spec})
     optimizer = torch.optim.AdamW(trainable_parameters(student, loss), lr=0.05)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=epochs * N // batch_size
+        optimizer, T_max=max_steps or epochs * N // batch_size
     )
     loader = DataLoader(data or ToyData(), batch_size=batch_size, shuffle=True)
     val = ToyData(n=32, seed=99)

@@ -11,31 +11,43 @@ from common.errors import ShapeMismatchError
 from common.losses.registry import LOSSES, LossTerm, Outputs, require
 
 
-def attention_map(features: Tensor, p: float = 2.0) -> Tensor:
-    """Spatial attention ``[B, H*W]``: channel mean of ``|f|^p``, L2-normalised per sample."""
+def attention_map(features: Tensor, p: float = 2.0, size: tuple[int, int] | None = None) -> Tensor:
+    """Spatial attention ``[B, H*W]``: channel mean of ``|f|^p``, L2-normalised per sample.
+
+    With ``size``, the map is average-pooled to that (smaller) size before normalising.
+    """
     if features.dim() != 4:
         raise ShapeMismatchError(
             f"attention_map expects feature maps [B, C, H, W], got {tuple(features.shape)}"
         )
-    return F.normalize(features.abs().pow(p).mean(dim=1).flatten(1), dim=1)
+    a = features.abs().pow(p).mean(dim=1, keepdim=True)
+    if size is not None and tuple(a.shape[-2:]) != tuple(size):
+        a = F.adaptive_avg_pool2d(a, size)
+    return F.normalize(a.flatten(1), dim=1)
 
 
-def attention_loss(student_features: Tensor, teacher_features: Tensor, p: float = 2.0) -> Tensor:
+def attention_loss(
+    student_features: Tensor, teacher_features: Tensor, p: float = 2.0, resize: bool = False
+) -> Tensor:
     """Attention transfer: mean squared difference of normalised attention maps.
 
-    Reduced as the authors' reference code does (mean over batch and positions), so the
-    paper's weight beta = 1000 carries over. Channel counts may differ; spatial sizes must
-    match. The teacher is detached.
+    Reduced as the authors' reference code does (mean over batch and positions; their total
+    is ``beta / 2`` times the sum over pairs with beta = 1000). Channel counts may differ.
+    Spatial sizes must match, unless ``resize`` average-pools the larger map to the smaller
+    one (for a teacher whose layers run at other resolutions than the student's). The
+    teacher is detached.
     """
-    if student_features.shape[0] != teacher_features.shape[0] or (
-        student_features.shape[2:] != teacher_features.shape[2:]
-    ):
+    s_size, t_size = tuple(student_features.shape[2:]), tuple(teacher_features.shape[2:])
+    if student_features.shape[0] != teacher_features.shape[0] or (s_size != t_size and not resize):
         raise ShapeMismatchError(
             f"attention_loss: student features {tuple(student_features.shape)} vs teacher "
             f"{tuple(teacher_features.shape)}: batch and spatial size (H, W) must match; "
-            "tap a student layer at the teacher layer's resolution"
+            "tap layers of the same resolution, or pass resize=True"
         )
-    diff = attention_map(student_features, p) - attention_map(teacher_features.detach(), p)
+    size = min(s_size, t_size, key=lambda hw: hw[0] * hw[1])
+    diff = attention_map(student_features, p, size) - attention_map(
+        teacher_features.detach(), p, size
+    )
     return diff.pow(2).mean()
 
 
@@ -85,6 +97,7 @@ class AttentionTransferTerm(LossTerm):
         student_keys: tuple[str, ...] | list[str] = ("hint",),
         teacher_keys: tuple[str, ...] | list[str] = ("hint",),
         p: float = 2.0,
+        resize: bool = False,
     ) -> None:
         super().__init__()
         if len(student_keys) != len(teacher_keys) or not student_keys:
@@ -93,7 +106,7 @@ class AttentionTransferTerm(LossTerm):
                 f"and {list(teacher_keys)}"
             )
         self.pairs = list(zip(student_keys, teacher_keys, strict=True))
-        self.p = p
+        self.p, self.resize = p, resize
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Outputs) -> Tensor:
         losses = [
@@ -101,6 +114,7 @@ class AttentionTransferTerm(LossTerm):
                 require(student, s_key, "student", "at"),
                 require(teacher, t_key, "teacher", "at"),
                 self.p,
+                self.resize,
             )
             for s_key, t_key in self.pairs
         ]
@@ -123,7 +137,7 @@ class AttentionKLTerm(LossTerm):
         self.mask_key, self.average_heads = mask_key, average_heads
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Outputs) -> Tensor:
-        mask = batch.get(self.mask_key) if self.mask_key else None
+        mask = require(batch, self.mask_key, "batch", "attention_kl") if self.mask_key else None
         return attention_kl_loss(
             require(student, self.student_key, "student", "attention_kl"),
             require(teacher, self.teacher_key, "teacher", "attention_kl"),

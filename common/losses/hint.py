@@ -9,14 +9,24 @@ from common.errors import ShapeMismatchError
 from common.losses.registry import LOSSES, LossTerm, Outputs, require
 
 
-def make_regressor(student_dim: int, teacher_dim: int, kind: str = "conv") -> nn.Module:
+def make_regressor(
+    student_dim: int,
+    teacher_dim: int,
+    kind: str = "conv",
+    teacher_size: tuple[int, int] | None = None,
+) -> nn.Module:
     """A projection from student width to teacher width, trained with the student.
 
-    ``kind="conv"``: 1x1 convolution for feature maps ``[B, C, H, W]`` (channels first).
+    ``kind="conv"``: 1x1 convolution for feature maps ``[B, C, H, W]`` (channels first);
+    with ``teacher_size``, the student map is first average-pooled to the teacher's (smaller)
+    spatial size, so layers at different resolutions can be paired.
     ``kind="linear"``: linear map over the last dimension, for ``[B, L, D]`` or ``[B, D]``.
     """
     if kind == "conv":
-        return nn.Conv2d(student_dim, teacher_dim, kernel_size=1, bias=False)
+        conv = nn.Conv2d(student_dim, teacher_dim, kernel_size=1, bias=False)
+        if teacher_size is None:
+            return conv
+        return nn.Sequential(nn.AdaptiveAvgPool2d(tuple(teacher_size)), conv)
     if kind == "linear":
         return nn.Linear(student_dim, teacher_dim, bias=False)
     raise ValueError(f"unknown regressor kind {kind!r}; use 'conv' or 'linear'")
@@ -72,11 +82,14 @@ class HintTerm(LossTerm):
         teacher_dim: int | None = None,
         kind: str = "conv",
         mask_key: str | None = None,
+        teacher_size: tuple[int, int] | list[int] | None = None,
     ) -> None:
         super().__init__()
         self.student_key, self.teacher_key, self.mask_key = student_key, teacher_key, mask_key
         self.regressor = (
-            make_regressor(student_dim, teacher_dim, kind)
+            make_regressor(
+                student_dim, teacher_dim, kind, tuple(teacher_size) if teacher_size else None
+            )
             if student_dim is not None and teacher_dim is not None
             else None
         )

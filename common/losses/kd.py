@@ -68,6 +68,8 @@ def dkd_loss(
     confidence in the target.
     """
     _check_logits(student_logits, teacher_logits, "dkd_loss")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     s = _as_rows(student_logits) / temperature
     t = _as_rows(teacher_logits).detach() / temperature
     labels = labels.reshape(-1)

@@ -45,7 +45,7 @@ def gaussian_policy_kl(
     ``log(s_s / s_t) + (s_t^2 + (m_t - m_s)^2) / (2 s_s^2) - 1/2``.
     Log-stds broadcast against the means (SB3 keeps one state-independent log-std vector).
     """
-    if student_mean.shape[-1] != teacher_mean.shape[-1]:
+    if student_mean.shape != teacher_mean.shape:
         raise ShapeMismatchError(
             f"gaussian_policy_kl: student actions {tuple(student_mean.shape)} vs teacher "
             f"{tuple(teacher_mean.shape)}; student and teacher need the same action space"
