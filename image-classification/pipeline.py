@@ -1,0 +1,203 @@
+"""What train_teacher.py and distill.py share: the forward adapter, evaluation, the
+optimizer/schedule, one training run through the shared loop, and speed measurement."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from common.callbacks import (
+    CheckpointCallback,
+    EvaluateCallback,
+    JsonlLogger,
+    ProgressBar,
+    TensorBoardLogger,
+)
+from common.losses import CombinedLoss
+from common.metrics import (
+    accuracy,
+    agreement,
+    count_flops,
+    count_parameters,
+    expected_calibration_error,
+    measure_model_speed,
+    model_size_bytes,
+)
+from common.training import (
+    DistillationLoop,
+    LoopConfig,
+    LoopState,
+    make_accelerator,
+    trainable_parameters,
+)
+from image_classification.data.images import ImageData, make_loader
+
+
+class ImageAdapter:
+    """Both models take ``batch["images"]`` and return a dict with ``logits`` and taps."""
+
+    def student(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return model(batch["images"])
+
+    def teacher(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return model(batch["images"])
+
+
+class LogitsOnly(nn.Module):
+    """``model(x)["logits"]``: the plain-tensor interface ONNX export and users expect."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images)["logits"]
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, loader: DataLoader) -> tuple[Tensor, Tensor]:
+    """All logits and labels of a loader, in order, with the model in eval mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    logits, labels = [], []
+    for batch in loader:
+        logits.append(model(batch["images"].to(device))["logits"].float().cpu())
+        labels.append(batch["labels"])
+    model.train(was_training)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def classification_metrics(
+    logits: Tensor, labels: Tensor, prefix: str, teacher_logits: Tensor | None = None
+) -> dict[str, float]:
+    metrics = {
+        f"{prefix}/accuracy": accuracy(logits, labels),
+        f"{prefix}/ece": expected_calibration_error(logits, labels),
+    }
+    if teacher_logits is not None:
+        metrics[f"{prefix}/agreement"] = agreement(logits, teacher_logits)
+    return metrics
+
+
+def make_optimizer(
+    params: Sequence[nn.Parameter], name: str, lr: float, weight_decay: float, total_steps: int
+) -> tuple[torch.optim.Optimizer, Any]:
+    """SGD (Nesterov momentum) or AdamW, under a one-cycle schedule over ``total_steps``."""
+    if name == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
+        )
+    elif name == "adamw":
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}; use 'sgd' or 'adamw'")
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        opt,
+        max_lr=lr,
+        total_steps=max(total_steps, 1),
+        pct_start=0.15,
+        cycle_momentum=name == "sgd",
+    )
+    return opt, schedule
+
+
+@dataclass
+class TrainSpec:
+    """One training run of an image model (teacher or student)."""
+
+    name: str
+    run_dir: Path
+    epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    weight_decay: float
+    augment: tuple[str, ...]
+    seed: int
+    resume: bool = True
+    checkpoint_every: int | None = 200
+
+
+def run_training(
+    model: nn.Module,
+    loss: CombinedLoss,
+    data: ImageData,
+    spec: TrainSpec,
+    teacher: nn.Module | None = None,
+    config: dict[str, Any] | None = None,
+    teacher_val_logits: Tensor | None = None,
+) -> tuple[nn.Module, LoopState, float]:
+    """Train ``model`` through the shared loop; returns it (unwrapped), the loop state and
+    the wall time in seconds."""
+    start = time.perf_counter()
+    train_loader = make_loader(
+        data.train, data, spec.batch_size, shuffle=True, augment=spec.augment, seed=spec.seed
+    )
+    val_loader = make_loader(data.val, data, 512, shuffle=False)
+    steps = spec.epochs * len(train_loader)
+    optimizer, schedule = make_optimizer(
+        trainable_parameters(model, loss), spec.optimizer, spec.lr, spec.weight_decay, steps
+    )
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        return classification_metrics(*predict_logits(m, val_loader), "val", teacher_val_logits)
+
+    loop = DistillationLoop(
+        student=model,
+        teacher=teacher,
+        loss_fn=loss,
+        adapter=ImageAdapter(),
+        train_data=train_loader,
+        optimizer=optimizer,
+        scheduler=schedule,
+        accelerator=make_accelerator(),
+        config=LoopConfig(epochs=spec.epochs),
+        callbacks=[
+            EvaluateCallback(evaluate, monitor="val/accuracy"),
+            ProgressBar(desc=spec.name),
+            CheckpointCallback(
+                spec.run_dir / "checkpoints",
+                every_steps=spec.checkpoint_every,
+                resume=spec.resume,
+                config=config,
+            ),
+            JsonlLogger(spec.run_dir / "metrics.jsonl"),
+            TensorBoardLogger(spec.run_dir / "tensorboard"),
+        ],
+    )
+    state = loop.run()
+    return loop.student.eval(), state, time.perf_counter() - start
+
+
+def speed_report(
+    model: nn.Module, shape: tuple[int, int, int], repeats: int = 20
+) -> dict[str, float]:
+    """CPU batch-1 latency (ms) and batch-256 throughput (img/s), each the median of repeats.
+
+    Measured on a CPU copy, so the numbers mean the same on a machine with a GPU (where the
+    trained model lives on the device)."""
+    m = LogitsOnly(copy.deepcopy(model)).cpu().eval()
+    one = measure_model_speed(m, torch.randn(1, *shape), warmup=5, repeats=repeats)
+    many = measure_model_speed(m, torch.randn(256, *shape), warmup=2, repeats=max(3, repeats // 4))
+    return {"latency_b1_ms": one.median_s * 1e3, "throughput_b256_img_s": many.items_per_s}
+
+
+def describe_model(model: nn.Module, name: str, shape: tuple[int, int, int], **extra: Any) -> dict:
+    """Name, parameter count, size and FLOPs of one forward (on a CPU copy) for results.json."""
+    cpu = copy.deepcopy(model).cpu()
+    return {
+        "name": name,
+        "params": count_parameters(cpu),
+        "size_bytes": model_size_bytes(cpu),
+        "flops": count_flops(cpu, torch.zeros(1, *shape)),
+        **extra,
+    }

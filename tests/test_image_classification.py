@@ -1,0 +1,332 @@
+"""Image classification end to end on small real subsets of Fashion-MNIST, plus the data
+paths (idx folder, CIFAR files, image folder) and the errors a user can run into."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from common.errors import CheckpointError, ShapeMismatchError
+from common.fetch import MissingDataError
+from common.metrics import count_parameters
+from common.results import load_results
+from image_classification.data.images import DataError, load_dataset, make_loader, read_idx
+from image_classification.model_io import ModelConfig, build_model, load_model_dir, save_model_dir
+from image_classification.scripts import distill, export_onnx, predict, train_teacher
+from image_classification.student_model.cnn import SmallCNN
+from image_classification.teacher_model.resnet import TappedResNet
+
+SMALL = ["--max-train", "384", "--max-test", "200", "--val-size", "200", "--batch-size", "64"]
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    # AdamW at a modest rate learns more than SGD's one-cycle warm-up in a dozen steps.
+    train_teacher.main(
+        [*SMALL, "--epochs", "2", "--out-dir", str(out), "--optimizer", "adamw", "--lr", "0.002"]
+    )
+    return out / "model"
+
+
+def test_fashion_mnist_splits_are_fixed_disjoint_and_normalised():
+    data = load_dataset("fashion-mnist", val_size=1000, max_train=2000, max_test=500)
+    again = load_dataset("fashion-mnist", val_size=1000, max_train=2000, max_test=500)
+    assert data.shape == (1, 28, 28) and data.num_classes == 10
+    assert (len(data.train), len(data.val), len(data.test)) == (2000, 1000, 500)
+    assert torch.equal(data.val.images, again.val.images)  # same split every run
+    # No validation image is also a training image (compare raw bytes).
+    train_rows = {bytes(x.numpy()) for x in data.train.images}
+    assert not any(bytes(x.numpy()) in train_rows for x in data.val.images)
+    batch = next(iter(make_loader(data.train, data, 256, shuffle=False)))
+    assert abs(batch["images"].mean().item()) < 0.15 and 0.8 < batch["images"].std().item() < 1.2
+    assert set(batch) == {"images", "labels", "index"}
+
+
+def test_augmentation_is_a_shift_or_flip_and_ignores_the_global_rng():
+    data = load_dataset("fashion-mnist", val_size=100, max_train=64, max_test=10)
+    loader = lambda seed: make_loader(data.train, data, 64, False, ("crop", "flip"), seed)  # noqa: E731
+    plain = next(iter(make_loader(data.train, data, 64, shuffle=False)))["images"]
+    torch.manual_seed(0)
+    aug = next(iter(loader(0)))
+    torch.manual_seed(123)  # other global RNG state: same batch, same augmentation
+    assert torch.equal(next(iter(loader(0)))["images"], aug["images"])
+    assert not torch.equal(next(iter(loader(1)))["images"], aug["images"])
+    assert aug["images"].shape == plain.shape and torch.equal(aug["labels"], data.train.labels[:64])
+    # Each augmented image is the original, flipped or not, shifted by at most 2 pixels with
+    # zero fill: some such transform of the raw image reproduces it exactly.
+    raw = data.train.images[:64].float()
+    got = torch.round((aug["images"] * data.std[0] + data.mean[0]) * 255)
+    pad = torch.nn.functional.pad(raw, (2, 2, 2, 2))
+    for i in range(64):
+        options = [
+            (img if not flip else img.flip(-1))
+            for img in [pad[i, :, dy : dy + 28, dx : dx + 28] for dy in range(5) for dx in range(5)]
+            for flip in (False, True)
+        ]
+        assert any(torch.equal(o, got[i]) for o in options), f"image {i} is not a crop/flip"
+
+
+def _write_idx(path, array):
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_idx_files_in_torchvision_raw_layout(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 30), ("t10k", 10)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    data = load_dataset("mnist", data_dir=tmp_path, val_size=5)
+    assert (len(data.train), len(data.val), len(data.test)) == (25, 5, 10)
+    assert torch.equal(data.test.labels, torch.arange(10))
+    assert read_idx(raw / "t10k-images-idx3-ubyte.gz").shape == (10, 28, 28)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no train-images-idx3-ubyte"):
+        load_dataset("mnist", data_dir=tmp_path / "empty")
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset("mnist", data_dir=tmp_path / "absent")
+
+
+def test_mnist_pickle_from_the_fetched_wheel():
+    data = load_dataset("mnist", max_train=100, max_test=100, val_size=300)
+    assert data.train.images.dtype == torch.uint8 and data.shape == (1, 28, 28)
+    assert len(data.val) == 300  # from the pickle's own validation split
+    assert data.train.images.max() > 200
+
+
+def test_cifar10_files_in_cifar_format_through_torchvision(tmp_path, monkeypatch):
+    from torchvision.datasets import CIFAR10
+
+    folder = tmp_path / CIFAR10.base_folder
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for name, _ in [*CIFAR10.train_list, *CIFAR10.test_list]:
+        entry = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [0, 1, 2, 3]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(entry, f)
+    with open(folder / CIFAR10.meta["filename"], "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    # torchvision checks each file's md5 against the real CIFAR release, which a tiny file
+    # written here cannot match; everything after that check is the real code path.
+    monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *a, **k: True)
+    data = load_dataset("cifar10", data_dir=tmp_path, val_size=4)
+    assert data.shape == (3, 32, 32) and data.classes[:2] == ["c0", "c1"]
+    assert (len(data.train), len(data.val), len(data.test)) == (16, 4, 4)
+
+
+def test_cifar_without_files_names_the_folder(tmp_path):
+    with pytest.raises(DataError, match="cifar-10-batches-py"):
+        load_dataset("cifar10", data_dir=tmp_path)
+
+
+def test_image_folder_dataset_and_wrong_sizes(tmp_path):
+    for part in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (tmp_path / part / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((12, 12), 40 * i, np.uint8)).save(
+                    tmp_path / part / cls / f"{i}.png"
+                )
+    data = load_dataset("folder", data_dir=tmp_path, val_size=2)
+    assert data.classes == ["cat", "dog"] and data.shape == (1, 12, 12)
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(tmp_path / "train" / "cat" / "odd.png")
+    with pytest.raises(DataError, match="differ in size"):
+        load_dataset("folder", data_dir=tmp_path, val_size=2)
+
+
+def test_missing_fetched_data_names_the_package(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILLERY_DATA_DIR", str(tmp_path))
+    with pytest.raises(MissingDataError, match=r"dataset-fashion-mnist.*make data"):
+        load_dataset("fashion-mnist")
+
+
+def test_models_taps_and_size_ratio():
+    teacher = TappedResNet("resnet18", 10, 1, "imagenet")
+    student = SmallCNN("small", 10, 1)
+    x = torch.zeros(2, 1, 28, 28)
+    t, s = teacher(x), student(x)
+    assert t["logits"].shape == s["logits"].shape == (2, 10)
+    assert t["layer1"].shape[-1] == s["stage3"].shape[-1] == 7
+    assert count_parameters(student) * 20 <= count_parameters(teacher)
+    assert count_parameters(SmallCNN("tiny")) < count_parameters(student)
+
+
+def test_student_checkpoint_round_trip(tmp_path):
+    cfg = ModelConfig(
+        family="cnn",
+        arch="tiny",
+        num_classes=10,
+        in_channels=1,
+        image_size=(28, 28),
+        classes=[str(i) for i in range(10)],
+        mean=[0.3],
+        std=[0.3],
+        dataset="fashion-mnist",
+    )
+    model = build_model(cfg).eval()
+    save_model_dir(model, cfg, tmp_path / "m")
+    loaded, cfg2 = load_model_dir(tmp_path / "m")
+    x = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(loaded(x)["logits"], model(x)["logits"], rtol=0, atol=0)
+    assert cfg2 == cfg
+    with pytest.raises(CheckpointError, match="Train one first"):
+        load_model_dir(tmp_path / "absent")
+
+
+def test_teacher_trains_and_writes_results(teacher_dir):
+    results = load_results(teacher_dir.parent)
+    assert results["role"] == "teacher" and results["dataset"] == "fashion-mnist"
+    assert 0.2 < results["metrics"]["final"]["test/accuracy"] <= 1.0  # 384 images: > 2x chance
+    assert results["student"]["params"] > 11_000_000
+    assert (teacher_dir / "config.json").is_file()
+
+
+@pytest.mark.parametrize("method", ["none", "kd", "fitnet", "at", "dkd", "kd+at"])
+def test_each_method_runs_end_to_end(teacher_dir, tmp_path, method):
+    summary = distill.main(
+        [
+            *SMALL,
+            "--teacher",
+            str(teacher_dir),
+            "--methods",
+            method,
+            "--epochs",
+            "1",
+            "--student",
+            "tiny",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
+    row = summary["methods"][method]
+    assert 0.0 < row["accuracy_mean"] <= 1.0 and row["n_seeds"] == 1
+    res = load_results(tmp_path / method / "seed-0")
+    assert res["method"] == method and res["role"] == "student"
+    options = res["loss"]["options"]
+    if "fitnet" in method:
+        assert (
+            options["hint"]["student_key"] == "stage2"
+            and options["hint"]["teacher_key"] == "layer2"
+        )
+    if "at" in method.split("+"):
+        assert options["at"]["teacher_keys"] == ["layer1", "layer2", "layer3"]
+    expected_terms = {
+        "none": {"ce"},
+        "kd": {"kd", "ce"},
+        "fitnet": {"ce", "hint"},
+        "at": {"ce", "at"},
+        "dkd": {"ce", "dkd"},
+        "kd+at": {"kd", "ce", "at"},
+    }
+    assert set(res["loss"]["weights"]) == expected_terms[method]
+    assert res["teacher"]["params"] > 50 * res["student"]["params"]
+    lines = (tmp_path / method / "seed-0" / "metrics.jsonl").read_text().splitlines()
+    assert "val/accuracy" in json.loads(lines[-1])
+
+
+def test_seeds_give_mean_std_and_gap_closure(teacher_dir, tmp_path):
+    summary = distill.main(
+        [
+            *SMALL,
+            "--teacher",
+            str(teacher_dir),
+            "--methods",
+            "none",
+            "kd",
+            "--seeds",
+            "2",
+            "--epochs",
+            "1",
+            "--student",
+            "tiny",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
+    kd, none = summary["methods"]["kd"], summary["methods"]["none"]
+    assert kd["n_seeds"] == none["n_seeds"] == 2
+    a, b = none["accuracies"]
+    assert none["accuracy_mean"] == pytest.approx((a + b) / 2)
+    assert none["accuracy_std"] == pytest.approx(abs(a - b) / 2**0.5)  # sample std of two
+    assert kd["gain_over_none"] == pytest.approx(kd["accuracy_mean"] - none["accuracy_mean"])
+    seeds = {load_results(tmp_path / "kd" / f"seed-{k}")["seed"] for k in (0, 1)}
+    assert seeds == {0, 1}
+    assert "gap_closure" in kd and summary["speed"]["student"]["latency_b1_ms"] > 0
+    assert (tmp_path / "summary.json").is_file()
+
+
+def test_teacher_with_other_class_count_is_refused(tmp_path):
+    cfg = ModelConfig(
+        family="resnet",
+        arch="resnet18",
+        num_classes=5,
+        in_channels=1,
+        image_size=(28, 28),
+        classes=list("abcde"),
+        mean=[0.3],
+        std=[0.3],
+        dataset="fashion-mnist",
+        stem="imagenet",
+    )
+    save_model_dir(build_model(cfg), cfg, tmp_path / "t5")
+    with pytest.raises(ShapeMismatchError, match=r"predicts 5 classes.*has 10"):
+        distill.main([*SMALL, "--teacher", str(tmp_path / "t5"), "--out-dir", str(tmp_path / "o")])
+
+
+def test_missing_teacher_says_how_to_train_one(tmp_path):
+    with pytest.raises(CheckpointError, match="train_teacher"):
+        distill.main(["--teacher", str(tmp_path / "nope")])
+
+
+def test_predict_on_png_and_bad_images(teacher_dir, tmp_path):
+    png = tmp_path / "shirt.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)).save(png)
+    out = predict.main(["--model", str(teacher_dir), "--images", str(png), "--top-k", "3"])
+    top = out[0]["top"]
+    assert (
+        len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1] and sum(p for _, p in top) <= 1.0001
+    )
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(big)
+    with pytest.raises(DataError, match=r"64x64.*expects 28x28.*--resize"):
+        predict.predict(teacher_dir, [big])
+    rgb = tmp_path / "rgb.png"
+    Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(rgb)
+    with pytest.raises(DataError, match="3 channel"):
+        predict.predict(teacher_dir, [rgb])
+    assert len(predict.predict(teacher_dir, [big, rgb], resize=True)) == 2
+
+
+def test_onnx_export_matches_pytorch(tmp_path):
+    cfg = ModelConfig(
+        family="cnn",
+        arch="tiny",
+        num_classes=10,
+        in_channels=1,
+        image_size=(28, 28),
+        classes=[str(i) for i in range(10)],
+        mean=[0.3],
+        std=[0.3],
+        dataset="fashion-mnist",
+    )
+    save_model_dir(build_model(cfg), cfg, tmp_path)
+    path, diff = export_onnx.export(tmp_path)
+    assert path.is_file() and diff < 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.json",
+        "model.onnx",
+        "model.safetensors",
+    ]
