@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -176,6 +177,12 @@ def run_training(
     )
     state = loop.run()
     return loop.student.eval(), state, time.perf_counter() - start
+
+
+def training_budget(epochs: int, state: LoopState, batch_size: int) -> dict[str, int]:
+    """What a run consumed, for results.json (examples summed over all processes)."""
+    processes = PartialState().num_processes
+    return {"epochs": epochs, "steps": state.step, "examples": state.step * batch_size * processes}
 
 
 def speed_report(

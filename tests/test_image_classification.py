@@ -164,8 +164,8 @@ def test_models_taps_and_size_ratio():
     assert count_parameters(SmallCNN("tiny")) < count_parameters(student)
 
 
-def test_student_checkpoint_round_trip(tmp_path):
-    cfg = ModelConfig(
+def _tiny_cnn_config() -> ModelConfig:
+    return ModelConfig(
         family="cnn",
         arch="tiny",
         num_classes=10,
@@ -176,6 +176,10 @@ def test_student_checkpoint_round_trip(tmp_path):
         std=[0.3],
         dataset="fashion-mnist",
     )
+
+
+def test_student_checkpoint_round_trip(tmp_path):
+    cfg = _tiny_cnn_config()
     model = build_model(cfg).eval()
     save_model_dir(model, cfg, tmp_path / "m")
     loaded, cfg2 = load_model_dir(tmp_path / "m")
@@ -311,17 +315,7 @@ def test_predict_on_png_and_bad_images(teacher_dir, tmp_path):
 
 
 def test_onnx_export_matches_pytorch(tmp_path):
-    cfg = ModelConfig(
-        family="cnn",
-        arch="tiny",
-        num_classes=10,
-        in_channels=1,
-        image_size=(28, 28),
-        classes=[str(i) for i in range(10)],
-        mean=[0.3],
-        std=[0.3],
-        dataset="fashion-mnist",
-    )
+    cfg = _tiny_cnn_config()
     save_model_dir(build_model(cfg), cfg, tmp_path)
     path, diff = export_onnx.export(tmp_path)
     assert path.is_file() and diff < 1e-4

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import PartialState
 from accelerate.utils import set_seed
 from torch import nn
 
@@ -42,6 +41,7 @@ from image_classification.pipeline import (
     predict_logits,
     run_training,
     speed_report,
+    training_budget,
 )
 from image_classification.scripts.train_teacher import resolve_augment
 
@@ -423,11 +423,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 ),
                 metrics=make_metrics(final, "test/accuracy", best=state.best),
                 loss=loss_desc,
-                budget={
-                    "epochs": args.epochs,
-                    "steps": state.step,
-                    "examples": state.step * args.batch_size * PartialState().num_processes,
-                },
+                budget=training_budget(args.epochs, state, args.batch_size),
                 wall_time_s=time.perf_counter() - start,
                 extra={
                     "augment": list(augment),

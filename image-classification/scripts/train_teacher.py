@@ -14,7 +14,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from accelerate import PartialState
 from accelerate.utils import set_seed
 
 from common.cli import parse_args, run_main
@@ -30,6 +29,7 @@ from image_classification.pipeline import (
     predict_logits,
     run_training,
     speed_report,
+    training_budget,
 )
 
 
@@ -160,11 +160,7 @@ def main(argv: list[str] | None = None) -> Path:
         teacher=None,
         metrics=make_metrics(final, "test/accuracy", best=state.best),
         loss={"weights": {"ce": 1.0}, "options": {}},
-        budget={
-            "epochs": args.epochs,
-            "steps": state.step,
-            "examples": state.step * args.batch_size * PartialState().num_processes,
-        },
+        budget=training_budget(args.epochs, state, args.batch_size),
         wall_time_s=time.perf_counter() - start,
         extra={
             "speed": speed,
