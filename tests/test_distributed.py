@@ -23,6 +23,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _launch_two(*args: str) -> list[str]:
+    # `--cpu --num_processes 2` starts a single process; `--multi_gpu` with
+    # Accelerator(cpu=True) is what starts two gloo processes on a CPU-only machine.
+    return [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+        "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()), *args,
+    ]  # fmt: skip
+
+
 def _run(cmd: list[str], cwd: Path) -> str:
     # Keep both processes to one thread each: 2 processes x N threads on 2 cores thrash.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -36,30 +46,7 @@ def test_two_processes_match_one(tmp_path):
     one = tmp_path / "one.safetensors"
     two = tmp_path / "two.safetensors"
     out1 = _run([sys.executable, str(TOY), "--out", str(one)], tmp_path)
-    # `--cpu --num_processes 2` starts a single process; `--multi_gpu` with
-    # Accelerator(cpu=True) is what starts two gloo processes on a CPU-only machine.
-    out2 = _run(
-        [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(_free_port()),
-            str(TOY),
-            "--out",
-            str(two),
-        ],
-        tmp_path,
-    )
+    out2 = _run(_launch_two(str(TOY), "--out", str(two)), tmp_path)
     assert "processes=1 steps=24" in out1
     assert "processes=2 steps=24" in out2
     a, b = load_file(str(one)), load_file(str(two))
@@ -89,21 +76,7 @@ def test_image_distill_runs_under_two_processes(tmp_path):
         tmp_path,
     )
     out = _run(
-        [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(_free_port()),
+        _launch_two(
             "-m",
             "image_classification.scripts.distill",
             *small,
@@ -115,7 +88,7 @@ def test_image_distill_runs_under_two_processes(tmp_path):
             "tiny",
             "--out-dir",
             str(tmp_path / "d"),
-        ],
+        ),
         tmp_path,
     )
     assert out.count("summary:") == 1  # one process reports
