@@ -174,7 +174,6 @@ class DistillationLoop:
         self.adapter = adapter
         self.callbacks = list(callbacks)
         self.state = LoopState()
-        self.loss_fn = loss_fn
         self.teacher = None
         if teacher is not None and loss_fn.needs_teacher:
             teacher = teacher.to(accelerator.device).eval()
