@@ -34,6 +34,7 @@ from common.metrics import (
 )
 from common.training import (
     DistillationLoop,
+    ForwardAdapter,
     LoopConfig,
     LoopState,
     make_accelerator,
@@ -136,9 +137,11 @@ def run_training(
     teacher: nn.Module | None = None,
     config: dict[str, Any] | None = None,
     teacher_val_logits: Tensor | None = None,
+    adapter: ForwardAdapter | None = None,
 ) -> tuple[nn.Module, LoopState, float]:
     """Train ``model`` through the shared loop; returns it (unwrapped), the loop state and
-    the wall time in seconds."""
+    the wall time in seconds. ``teacher`` may be a model or a
+    :class:`~common.cache.TeacherOutputCache` (then pass a ``CachedTeacherAdapter``)."""
     start = time.perf_counter()
     train_loader = make_loader(
         data.train, data, spec.batch_size, shuffle=True, augment=spec.augment, seed=spec.seed
@@ -156,7 +159,7 @@ def run_training(
         student=model,
         teacher=teacher,
         loss_fn=loss,
-        adapter=ImageAdapter(),
+        adapter=adapter or ImageAdapter(),
         train_data=train_loader,
         optimizer=optimizer,
         scheduler=schedule,

@@ -272,6 +272,72 @@ def test_seeds_give_mean_std_and_gap_closure(teacher_dir, tmp_path):
     assert (tmp_path / "summary.json").is_file()
 
 
+def test_cached_teacher_outputs_train_the_same_student_as_the_live_teacher(teacher_dir, tmp_path):
+    def run(name: str, *extra: str) -> dict:
+        distill.main(
+            [
+                *SMALL,
+                "--teacher",
+                str(teacher_dir),
+                "--methods",
+                "kd",
+                "--epochs",
+                "2",
+                "--student",
+                "tiny",
+                "--augment",
+                "none",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--out-dir",
+                str(tmp_path / name),
+                *extra,
+            ]
+        )
+        return load_results(tmp_path / name / "kd" / "seed-0")
+
+    live = run("live", "--no-cache")
+    first = run("first")
+    second = run("second")
+    assert live["extra"]["teacher_cache"]["enabled"] is False
+    info = first["extra"]["teacher_cache"]
+    assert info["enabled"] and not info["hit"] and info["examples"] == 384
+    assert info["batches_served"] == first["budget"]["steps"] == 12  # 384 / 64 x 2 epochs
+    assert second["extra"]["teacher_cache"]["hit"]
+    weights = [
+        load_model_dir(tmp_path / name / "kd" / "seed-0" / "model")[0].state_dict()
+        for name in ("live", "first", "second")
+    ]
+    for key, value in weights[0].items():
+        # Teacher logits from a batch of 512 vs 64 differ in the last float bits only.
+        assert torch.allclose(value, weights[1][key], atol=1e-5), key
+        assert torch.equal(weights[1][key], weights[2][key]), key
+
+
+def test_augmentation_turns_the_cache_off_and_says_why(teacher_dir, tmp_path, capsys):
+    distill.main(
+        [
+            *SMALL,
+            "--teacher",
+            str(teacher_dir),
+            "--methods",
+            "kd",
+            "--epochs",
+            "1",
+            "--student",
+            "tiny",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--out-dir",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert "teacher cache off: augmentation" in capsys.readouterr().out
+    assert not (tmp_path / "cache").exists()
+    note = load_results(tmp_path / "o" / "kd" / "seed-0")["extra"]["teacher_cache"]
+    assert note["enabled"] is False and "augmentation" in note["reason"]
+
+
 def test_teacher_with_other_class_count_is_refused(tmp_path):
     cfg = ModelConfig(
         family="resnet",

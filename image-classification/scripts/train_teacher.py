@@ -58,7 +58,8 @@ class Args:
     weight_decay: float = 5e-4
     """Weight decay."""
     augment: tuple[str, ...] = ("auto",)
-    """Augmentations from crop, flip; 'auto' picks the dataset's default; none: no flags."""
+    """Augmentations from crop, flip; 'auto' picks the dataset's default; 'none' (or no
+    values) turns it off."""
     val_size: int = 5000
     """Images held out of train for validation (a fixed split, the same for every run)."""
     max_train: int | None = None
@@ -91,7 +92,10 @@ PRESETS = {"quick": QUICK, "full": FULL}
 
 
 def resolve_augment(augment: tuple[str, ...], dataset: str) -> tuple[str, ...]:
-    return DEFAULT_AUGMENT[dataset] if tuple(augment) == ("auto",) else tuple(augment)
+    """('auto',) -> the dataset's default; ('none',) -> no augmentation."""
+    if tuple(augment) == ("auto",):
+        return DEFAULT_AUGMENT[dataset]
+    return () if tuple(augment) == ("none",) else tuple(augment)
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -1,0 +1,172 @@
+"""Teacher-output cache: correct lookups, hits on reuse, invalidation by weights/data/settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from common.cache import (
+    CachedTeacherAdapter,
+    CacheError,
+    TeacherOutputCache,
+    cache_key,
+    compute_outputs,
+    fingerprint,
+    key_digest,
+    load_or_compute,
+)
+from common.errors import ConfigError
+from common.io import save_model_atomic, sha256_file
+
+
+class Tapped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(6, 5)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = torch.relu(self.body(x))
+        return {"hidden": h, "logits": self.head(h)}
+
+
+def forward(model: nn.Module, batch) -> dict[str, torch.Tensor]:
+    return model(batch["x"])
+
+
+def batches(x: torch.Tensor, size: int = 4):
+    for start in range(0, len(x), size):
+        idx = torch.arange(start, min(start + size, len(x)))
+        yield {"x": x[idx], "index": idx}
+
+
+def build(tmp_path: Path, teacher: nn.Module, x: torch.Tensor, calls: list[int], **pre):
+    weights = tmp_path / "teacher.safetensors"
+    save_model_atomic(teacher, weights)
+    key = cache_key(
+        teacher_sha256=sha256_file(weights),
+        data_sha256=fingerprint(x),
+        preprocessing={"scale": 1.0, **pre},
+        outputs=("logits", "hidden"),
+    )
+
+    def compute():
+        calls.append(1)
+        return compute_outputs(
+            teacher, forward, batches(x), len(x), ["logits", "hidden"], progress=False
+        )
+
+    return load_or_compute(tmp_path / "cache", key, compute)
+
+
+def test_lookup_matches_the_live_teacher_and_a_second_load_is_a_hit(tmp_path):
+    torch.manual_seed(0)
+    teacher, x = Tapped(), torch.randn(10, 6)
+    calls: list[int] = []
+    cache, stats = build(tmp_path, teacher, x, calls)
+    assert not stats.hit and calls == [1] and stats.examples == 10
+    idx = torch.tensor([7, 2, 2, 9])
+    with torch.no_grad():
+        live = teacher(x[idx])
+    got = cache.lookup(idx)
+    assert torch.equal(got["logits"], live["logits"])
+    assert torch.equal(got["hidden"], live["hidden"])
+    assert cache.hits == 1
+
+    again, stats2 = build(tmp_path, teacher, x, calls)
+    assert stats2.hit and calls == [1], "same teacher, data and settings: no recomputation"
+    assert torch.equal(again.get("logits"), cache.get("logits"))
+    assert "hit" in stats2.describe()
+
+
+@pytest.mark.parametrize("change", ["weights", "data", "preprocessing"])
+def test_any_change_invalidates_the_cache(tmp_path, change):
+    torch.manual_seed(0)
+    teacher, x = Tapped(), torch.randn(10, 6)
+    calls: list[int] = []
+    first, _ = build(tmp_path, teacher, x, calls)
+    pre = {}
+    if change == "weights":
+        with torch.no_grad():
+            teacher.head.bias.add_(1.0)
+    elif change == "data":
+        x = x.clone()
+        x[3, 0] += 1e-3
+    else:
+        pre = {"scale": 2.0}
+    second, stats = build(tmp_path, teacher, x, calls, **pre)
+    assert not stats.hit and calls == [1, 1]
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+    if change != "preprocessing":
+        assert not torch.equal(first.get("logits"), second.get("logits"))
+
+
+def test_key_digest_depends_on_every_field():
+    base = dict(teacher_sha256="a", data_sha256="b", preprocessing={"m": 1}, outputs=["logits"])
+    digests = {key_digest(cache_key(**base))}
+    for field, value in [
+        ("teacher_sha256", "a2"),
+        ("data_sha256", "b2"),
+        ("preprocessing", {"m": 2}),
+        ("outputs", ["logits", "layer1"]),
+    ]:
+        digests.add(key_digest(cache_key(**{**base, field: value})))
+    assert len(digests) == 5
+    # Output order does not matter: the same outputs share one file.
+    assert key_digest(cache_key(**{**base, "outputs": ["b", "a"]})) == key_digest(
+        cache_key(**{**base, "outputs": ["a", "b"]})
+    )
+
+
+def test_fingerprint_sees_values_dtype_and_shape():
+    x = torch.arange(6, dtype=torch.uint8)
+    assert fingerprint(x) == fingerprint(x.clone())
+    assert fingerprint(x) != fingerprint(x.to(torch.int16))
+    assert fingerprint(x) != fingerprint(x.view(2, 3))
+    y = x.clone()
+    y[5] = 0
+    assert fingerprint(x) != fingerprint(y)
+
+
+def test_out_of_range_index_and_partial_coverage_are_clear_errors():
+    cache = TeacherOutputCache({"logits": torch.zeros(4, 3)})
+    with pytest.raises(CacheError, match="outside the cached transfer set of 4"):
+        cache.lookup(torch.tensor([1, 4]))
+    teacher, x = Tapped(), torch.randn(10, 6)
+    partial = (b for i, b in enumerate(batches(x)) if i < 2)
+    with pytest.raises(CacheError, match="covered 8 of 10"):
+        compute_outputs(teacher, forward, partial, 10, ["logits"], progress=False)
+    with pytest.raises(ConfigError, match="no output"):
+        compute_outputs(teacher, forward, batches(x), 10, ["layer9"], progress=False)
+
+
+def test_a_file_written_for_other_settings_is_refused(tmp_path):
+    teacher, x = Tapped(), torch.randn(10, 6)
+    _, stats = build(tmp_path, teacher, x, [])
+    key = cache_key(teacher_sha256="other", data_sha256="d", preprocessing={}, outputs=["logits"])
+    # A hand-copied file under the other key's name: the stored key inside it disagrees.
+    Path(stats.path).rename(tmp_path / "cache" / f"{key_digest(key)}.safetensors")
+    with pytest.raises(CacheError, match="other settings"):
+        load_or_compute(tmp_path / "cache", key, lambda: {})
+
+
+def test_float16_storage_and_the_adapter():
+    teacher, x = Tapped(), torch.randn(10, 6)
+    out = compute_outputs(
+        teacher, forward, batches(x), 10, ["logits", "hidden"], {"hidden": torch.float16}, False
+    )
+    assert out["hidden"].dtype == torch.float16 and out["logits"].dtype == torch.float32
+    cache = TeacherOutputCache(out)
+    adapter = CachedTeacherAdapter(type("A", (), {"student": lambda self, m, b: m(b["x"])})())
+    batch = {"x": x[:3], "index": torch.arange(3)}
+    got = adapter.teacher(cache, batch)
+    assert got["hidden"].dtype == torch.float32  # losses get float32 whatever the storage
+    assert torch.allclose(got["hidden"], teacher(x[:3])["hidden"], atol=1e-2)
+    assert set(adapter.student(teacher, batch)) == {"hidden", "logits"}
+    with pytest.raises(ConfigError, match="TeacherOutputCache"):
+        adapter.teacher(teacher, batch)
+    with pytest.raises(ConfigError, match="index"):
+        adapter.teacher(cache, {"x": x[:3]})
