@@ -123,6 +123,27 @@ def measure_model_speed(
         model.train(was_training)
 
 
+def speed_profile(
+    model: nn.Module,
+    one: Tensor | dict[str, Tensor],
+    many: Tensor | dict[str, Tensor],
+    unit: str = "items/s",
+    repeats: int = 20,
+) -> dict[str, Any]:
+    """Batch-1 latency and large-batch throughput of ``model`` (medians), in the shape every
+    domain stores as ``teacher.speed`` / ``student.speed`` in results.json:
+    ``{"latency_b1_ms", "throughput", "batch", "unit"}``. Time teacher and student in the same
+    run on the same device (their ratio is what a report compares)."""
+    single = measure_model_speed(model, one, warmup=5, repeats=repeats)
+    batched = measure_model_speed(model, many, warmup=2, repeats=max(3, repeats // 4))
+    return {
+        "latency_b1_ms": single.median_s * 1e3,
+        "throughput": batched.items_per_s,
+        "batch": batched.batch_size,
+        "unit": unit,
+    }
+
+
 def count_flops(model: nn.Module, example: Tensor | dict[str, Tensor]) -> int | None:
     """Forward FLOPs for one call, counted by ``torch.utils.flop_counter``.
 

@@ -29,8 +29,8 @@ from common.metrics import (
     count_flops,
     count_parameters,
     expected_calibration_error,
-    measure_model_speed,
     model_size_bytes,
+    speed_profile,
 )
 from common.training import (
     DistillationLoop,
@@ -190,15 +190,14 @@ def training_budget(epochs: int, state: LoopState, batch_size: int) -> dict[str,
 
 def speed_report(
     model: nn.Module, shape: tuple[int, int, int], repeats: int = 20
-) -> dict[str, float]:
-    """CPU batch-1 latency (ms) and batch-256 throughput (img/s), each the median of repeats.
-
-    Measured on a CPU copy, so the numbers mean the same on a machine with a GPU (where the
-    trained model lives on the device)."""
+) -> dict[str, Any]:
+    """CPU batch-1 latency (ms) and batch-256 throughput (img/s): common.metrics'
+    ``speed_profile`` on a CPU copy, so the numbers mean the same on a machine with a GPU
+    (where the trained model lives on the device)."""
     m = LogitsOnly(copy.deepcopy(model)).cpu().eval()
-    one = measure_model_speed(m, torch.randn(1, *shape), warmup=5, repeats=repeats)
-    many = measure_model_speed(m, torch.randn(256, *shape), warmup=2, repeats=max(3, repeats // 4))
-    return {"latency_b1_ms": one.median_s * 1e3, "throughput_b256_img_s": many.items_per_s}
+    return speed_profile(
+        m, torch.randn(1, *shape), torch.randn(256, *shape), unit="img/s", repeats=repeats
+    )
 
 
 def describe_model(model: nn.Module, name: str, shape: tuple[int, int, int], **extra: Any) -> dict:

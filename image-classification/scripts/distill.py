@@ -370,12 +370,12 @@ def print_summary(summary: dict[str, Any], student: dict[str, Any]) -> None:
         print("The teacher is no better than the student alone: gap closure is not meaningful.")
     sp = summary.get("speed")
     if sp:
+        t, st = sp["teacher"], sp["student"]
         print(
             f"Inference (CPU, measured side by side): batch-1 latency teacher "
-            f"{sp['teacher']['latency_b1_ms']:.2f} ms vs student {sp['student']['latency_b1_ms']:.2f} ms; "
-            f"batch-256 throughput teacher {sp['teacher']['throughput_b256_img_s']:.0f} vs student "
-            f"{sp['student']['throughput_b256_img_s']:.0f} img/s "
-            f"({sp['student']['throughput_b256_img_s'] / sp['teacher']['throughput_b256_img_s']:.1f}x)"
+            f"{t['latency_b1_ms']:.2f} ms vs student {st['latency_b1_ms']:.2f} ms; batch-{t['batch']} "
+            f"throughput teacher {t['throughput']:.0f} vs student {st['throughput']:.0f} img/s "
+            f"({st['throughput'] / t['throughput']:.1f}x)"
         )
 
 
@@ -436,6 +436,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     method_keys = {
         m: teacher_keys(build_method_loss(p, args, tap_shapes(probe, data.shape), t_taps)[1])
         for m, p in methods.items()
+    }
+    # Teacher and student speed measured side by side, once (a fresh student runs as fast as a
+    # trained one): every results.json carries both, for the cross-domain report.
+    speed = {
+        "teacher": speed_report(teacher, data.shape),
+        "student": speed_report(probe, data.shape),
     }
     cache, cache_info = build_cache(
         args, teacher, data, augment, set().union(*method_keys.values()), teacher_digest
@@ -503,9 +509,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 role="student",
                 method=method,
                 seed=seed,
-                teacher={**t_desc, "test_accuracy": teacher_test["test/accuracy"]},
+                teacher={
+                    **t_desc,
+                    "test_accuracy": teacher_test["test/accuracy"],
+                    "score": teacher_test["test/accuracy"],
+                    "speed": speed["teacher"],
+                },
                 student=describe_model(
-                    student, f"cnn-{args.student}", data.shape, checkpoint=str(model_dir)
+                    student,
+                    f"cnn-{args.student}",
+                    data.shape,
+                    checkpoint=str(model_dir),
+                    speed=speed["student"],
                 ),
                 metrics=make_metrics(final, "test/accuracy", best=state.best),
                 loss=loss_desc,
@@ -532,10 +547,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "test_size": len(data.test),
         },
     )
-    summary["speed"] = {
-        "teacher": speed_report(teacher, data.shape),
-        "student": speed_report(student, data.shape),
-    }
+    summary["speed"] = speed
     s_desc = {"name": f"cnn-{args.student}", "params": count_parameters(student)}
     summary["student"] = s_desc
     summary["teacher_cache"] = cache_info

@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> Path:
     }
     model_dir = save_model_dir(model, cfg, args.out_dir / "model")
     speed = speed_report(model, data.shape)
-    desc = describe_model(model, f"{args.arch}-{args.stem}", data.shape, checkpoint=str(model_dir))
+    desc = describe_model(
+        model, f"{args.arch}-{args.stem}", data.shape, checkpoint=str(model_dir), speed=speed
+    )
     result = RunResult(
         domain="image-classification",
         dataset=args.dataset,
@@ -167,7 +169,6 @@ def main(argv: list[str] | None = None) -> Path:
         budget=training_budget(args.epochs, state, args.batch_size),
         wall_time_s=time.perf_counter() - start,
         extra={
-            "speed": speed,
             "augment": list(augment),
             "train_size": len(data.train),
             "args": settings,

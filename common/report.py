@@ -1,0 +1,447 @@
+"""Cross-domain comparison: reads only ``results.json`` files, writes ``REPORT.md`` and plots.
+
+    python -m common.report runs/quick            # every results.json under runs/quick
+    python -m common.report runs/a runs/b --out runs/report
+
+Per domain (and dataset and teacher): teacher vs student alone vs each distillation method,
+mean ± std over seeds, the gain over the student alone and whether it is beyond noise, gap
+closure, fraction of the teacher's score kept, parameter ratio, inference speed-up and
+training cost. One figure puts all domains on common axes: fraction of the teacher's score
+kept vs fraction of the teacher's size. A missing or malformed results file is named in the
+report and skipped; the rest is still reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.io import atomic_write_text
+from common.metrics import mean_std
+from common.results import RESULTS_FILE, ResultsError, load_results
+
+NOISE_SIGMAS = 2.0
+"""A gain counts as beyond noise when it exceeds this many of the larger seed std."""
+
+
+@dataclass
+class MethodRow:
+    """One method's scores over seeds."""
+
+    method: str
+    scores: list[float]
+    wall_time_s: float
+    budget: dict[str, Any]
+    student_params: int
+    speedup: float | None = None
+    mean: float = field(init=False)
+    std: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.mean, self.std = mean_std(self.scores)
+
+    @property
+    def n(self) -> int:
+        return len(self.scores)
+
+
+@dataclass
+class DomainSummary:
+    """Everything the report says about one (domain, dataset, teacher) group."""
+
+    domain: str
+    dataset: str
+    metric: str
+    higher_is_better: bool
+    teacher_name: str
+    teacher_params: int
+    teacher_score: float | None
+    teacher_train_s: float | None
+    rows: dict[str, MethodRow]
+    speed: dict[str, Any]
+
+    @property
+    def title(self) -> str:
+        return f"{self.domain} · {self.dataset}"
+
+    def baseline(self) -> MethodRow | None:
+        return self.rows.get("none")
+
+    def gain(self, row: MethodRow) -> float | None:
+        base = self.baseline()
+        if base is None or row.method == "none":
+            return None
+        sign = 1.0 if self.higher_is_better else -1.0
+        return sign * (row.mean - base.mean)
+
+    def verdict(self, row: MethodRow) -> str:
+        """Plain words on whether the gain over the student alone is established."""
+        base, gain = self.baseline(), self.gain(row)
+        if base is None or gain is None:
+            return ""
+        if min(row.n, base.n) < 2:
+            return "one seed: no spread measured, gain not established"
+        spread = max(row.std, base.std)
+        if spread == 0 or abs(gain) > NOISE_SIGMAS * spread:
+            return f"{'gain' if gain > 0 else 'loss'} beyond {NOISE_SIGMAS:g}σ"
+        return f"within noise (|gain| ≤ {NOISE_SIGMAS:g}σ)"
+
+    def gap_closure(self, row: MethodRow) -> float | None:
+        base = self.baseline()
+        if base is None or self.teacher_score is None or row.method == "none":
+            return None
+        gap = self.teacher_score - base.mean
+        if not self.higher_is_better:
+            gap = -gap
+        if gap <= 0:
+            return None  # the student alone already matches the teacher
+        return (self.gain(row) or 0.0) / gap
+
+    def kept(self, row: MethodRow) -> float | None:
+        """Fraction of the teacher's score kept (higher-is-better metrics with a positive
+        teacher score only: for a negative return or a loss, a ratio means nothing)."""
+        if self.teacher_score is None or self.teacher_score <= 0 or not self.higher_is_better:
+            return None
+        return row.mean / self.teacher_score
+
+    def size_ratio(self, row: MethodRow) -> float:
+        return row.student_params / self.teacher_params if self.teacher_params else math.nan
+
+
+def find_results(paths: Iterable[Path]) -> tuple[list[Path], list[str]]:
+    """Every results file under ``paths`` (a file or a directory searched recursively)."""
+    found, problems = [], []
+    for p in map(Path, paths):
+        if p.is_file():
+            found.append(p)
+        elif p.is_dir():
+            hits = sorted(p.rglob(RESULTS_FILE))
+            if not hits:
+                problems.append(f"{p}: no {RESULTS_FILE} found (did those runs finish?)")
+            found.extend(hits)
+        else:
+            problems.append(f"{p}: does not exist")
+    return found, problems
+
+
+def load_all(paths: Iterable[Path]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Valid results, and one line per file that could not be used (it is skipped)."""
+    files, problems = find_results(paths)
+    results = []
+    for f in files:
+        try:
+            data = load_results(f)
+        except ResultsError as err:
+            problems.append(str(err))
+            continue
+        data["_path"] = str(f)
+        results.append(data)
+    return results, problems
+
+
+def _teacher_score(teacher: dict[str, Any]) -> float | None:
+    score = teacher.get("score", teacher.get("test_accuracy"))
+    return float(score) if isinstance(score, (int, float)) else None
+
+
+def summarize(results: Sequence[dict[str, Any]]) -> list[DomainSummary]:
+    """Group student runs by (domain, dataset, teacher) and summarise each group."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    teacher_runs: dict[tuple[str, str, str], float] = {}
+    for r in results:
+        if r["role"] == "teacher":
+            key = (r["domain"], r["dataset"], r["student"].get("name", "?"))
+            teacher_runs[key] = float(r["wall_time_s"])
+            continue
+        teacher = r.get("teacher") or {}
+        groups.setdefault((r["domain"], r["dataset"], teacher.get("name", "?")), []).append(r)
+
+    summaries = []
+    for (domain, dataset, t_name), runs in sorted(groups.items()):
+        first = runs[0]
+        metric = first["metrics"]["primary"]
+        by_method: dict[str, list[dict[str, Any]]] = {}
+        for r in runs:
+            if r["metrics"]["primary"] == metric:
+                by_method.setdefault(r["method"], []).append(r)
+        teacher = first.get("teacher") or {}
+        t_speed = teacher.get("speed") or {}
+        rows = {}
+        for method, rs in sorted(by_method.items(), key=lambda kv: (kv[0] != "none", kv[0])):
+            s_speed = rs[0]["student"].get("speed") or {}
+            speedup = None
+            if t_speed.get("throughput") and s_speed.get("throughput"):
+                speedup = s_speed["throughput"] / t_speed["throughput"]
+            rows[method] = MethodRow(
+                method=method,
+                scores=[float(r["metrics"]["final"][metric]) for r in rs],
+                wall_time_s=mean_std([float(r["wall_time_s"]) for r in rs])[0],
+                budget=rs[0].get("budget", {}),
+                student_params=int(rs[0]["student"]["params"]),
+                speedup=speedup,
+            )
+        speed = {"teacher": t_speed, "student": first["student"].get("speed") or {}}
+        summaries.append(
+            DomainSummary(
+                domain=domain,
+                dataset=dataset,
+                metric=metric,
+                higher_is_better=bool(first["metrics"]["higher_is_better"]),
+                teacher_name=t_name,
+                teacher_params=int(teacher.get("params", 0)),
+                teacher_score=_teacher_score(teacher),
+                teacher_train_s=teacher_runs.get((domain, dataset, t_name)),
+                rows=rows,
+                speed=speed,
+            )
+        )
+    return summaries
+
+
+def _fmt(x: float | None, spec: str = ".3f", none: str = "n/a") -> str:
+    return none if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def _score(x: float | None, metric: str) -> str:
+    if x is None:
+        return "n/a"
+    # Accuracies read best in percent; returns and losses as they are.
+    return f"{100 * x:.2f}%" if "accuracy" in metric else f"{x:.1f}"
+
+
+def _mean_std(row: MethodRow, metric: str) -> str:
+    if "accuracy" in metric:
+        return f"{100 * row.mean:.2f} ± {100 * row.std:.2f}%"
+    return f"{row.mean:.1f} ± {row.std:.1f}"
+
+
+def table_rows(s: DomainSummary) -> list[list[str]]:
+    """The per-method table, as strings (shared by the terminal and the markdown)."""
+    out = [
+        [
+            "teacher",
+            _score(s.teacher_score, s.metric),
+            "",
+            "",
+            "",
+            "1.00" if s.teacher_score and s.teacher_score > 0 else "n/a",
+            "1",
+            "1.0x",
+            _fmt(s.teacher_train_s, ".0f") + ("s" if s.teacher_train_s is not None else ""),
+            "",
+        ]
+    ]
+    for row in s.rows.values():
+        gain = s.gain(row)
+        out.append(
+            [
+                row.method if row.method != "none" else "student alone",
+                _mean_std(row, s.metric),
+                str(row.n),
+                ""
+                if gain is None
+                else (f"{100 * gain:+.2f}" if "accuracy" in s.metric else f"{gain:+.1f}"),
+                _fmt(s.gap_closure(row), ".2f", ""),
+                _fmt(s.kept(row), ".3f"),
+                f"1/{1 / s.size_ratio(row):.0f}" if s.size_ratio(row) > 0 else "n/a",
+                _fmt(row.speedup, ".1f") + ("x" if row.speedup is not None else ""),
+                f"{row.wall_time_s:.0f}s",
+                s.verdict(row),
+            ]
+        )
+    return out
+
+
+HEADER = [
+    "model",
+    "score (mean ± std)",
+    "seeds",
+    "gain",
+    "gap closed",
+    "kept",
+    "size",
+    "speed-up",
+    "train time",
+    "verdict",
+]
+
+
+def render_terminal(summaries: Sequence[DomainSummary], problems: Sequence[str]) -> str:
+    lines = []
+    for s in summaries:
+        lines.append(
+            f"\n{s.title}: {s.metric} ({'higher' if s.higher_is_better else 'lower'} is better)"
+        )
+        rows = [HEADER, *table_rows(s)]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+        for r in rows:
+            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    for p in problems:
+        lines.append(f"skipped: {p}")
+    return "\n".join(lines)
+
+
+def render_markdown(
+    summaries: Sequence[DomainSummary], problems: Sequence[str], figures: dict[str, str]
+) -> str:
+    out = ["# Distillery report", ""]
+    out.append(
+        "Teacher vs student alone vs distilled students, read from `results.json` files. "
+        "*score*: the primary test metric, mean ± sample std over seeds; *gain*: over the "
+        "student alone (accuracy in points); *gap closed*: gain / (teacher − student alone); "
+        f"*kept*: fraction of the teacher's score; *verdict*: a gain counts only beyond "
+        f"{NOISE_SIGMAS:g}× the larger seed std, and one seed establishes nothing."
+    )
+    if "overview" in figures:
+        out += ["", f"![fraction of teacher kept vs size]({figures['overview']})"]
+    for s in summaries:
+        out += ["", f"## {s.title}", ""]
+        out.append(
+            f"Metric `{s.metric}` ({'higher' if s.higher_is_better else 'lower'} is better). "
+            f"Teacher `{s.teacher_name}`, {s.teacher_params:,} parameters."
+        )
+        sp = s.speed
+        if sp.get("teacher") and sp.get("student"):
+            t, st = sp["teacher"], sp["student"]
+            out.append(
+                f"Inference (CPU, measured side by side): batch-1 latency "
+                f"{_fmt(t.get('latency_b1_ms'), '.2f')} ms (teacher) vs "
+                f"{_fmt(st.get('latency_b1_ms'), '.2f')} ms (student); throughput at batch "
+                f"{t.get('batch', '?')}: {_fmt(t.get('throughput'), '.0f')} vs "
+                f"{_fmt(st.get('throughput'), '.0f')} items/s."
+            )
+        out += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+        out += ["| " + " | ".join(r) + " |" for r in table_rows(s)]
+        notes = [f"- `{r.method}`: {s.verdict(r)}" for r in s.rows.values() if s.verdict(r)]
+        if s.baseline() is None:
+            notes.append("- no student-alone run (`none`): gains cannot be judged")
+        if notes:
+            out += ["", *notes]
+        budget = next(iter(s.rows.values())).budget if s.rows else {}
+        if budget:
+            out += [
+                "",
+                "Budget per student run: " + ", ".join(f"{k} {v:,}" for k, v in budget.items()),
+            ]
+        if s.title in figures:
+            out += ["", f"![{s.title}]({figures[s.title]})"]
+    if problems:
+        out += ["", "## Skipped results", ""] + [f"- {p}" for p in problems]
+    return "\n".join(out) + "\n"
+
+
+def plot_domain(s: DomainSummary, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, means, stds, colors = [], [], [], []
+    if s.teacher_score is not None:
+        names.append("teacher")
+        means.append(s.teacher_score)
+        stds.append(0.0)
+        colors.append("0.4")
+    for row in s.rows.values():
+        names.append("student alone" if row.method == "none" else row.method)
+        means.append(row.mean)
+        stds.append(row.std)
+        colors.append("tab:gray" if row.method == "none" else "tab:blue")
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.6))
+    x = range(len(names))
+    ax.bar(x, means, yerr=stds, color=colors, capsize=4)
+    for i, row in enumerate(s.rows.values(), start=len(names) - len(s.rows)):
+        ax.scatter([i] * row.n, row.scores, color="k", s=10, zorder=3)
+    ax.set_xticks(list(x), names, rotation=20)
+    lo = min(m - sd for m, sd in zip(means, stds, strict=True))
+    hi = max(m + sd for m, sd in zip(means, stds, strict=True))
+    pad = 0.15 * (hi - lo or abs(hi) or 1.0)
+    ax.set_ylim(lo - 3 * pad, hi + pad)
+    ax.set_ylabel(s.metric)
+    n_seeds = sorted({r.n for r in s.rows.values()})
+    ax.set_title(f"{s.title} (seeds per method: {', '.join(map(str, n_seeds))}; bars ± std)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_overview(summaries: Sequence[DomainSummary], path: Path) -> bool:
+    """Fraction of the teacher's score kept vs fraction of its size, all domains on one
+    figure; False when no group has a usable teacher score."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    markers = {"image-classification": "o", "nlp": "s", "reinforcement-learning": "^"}
+    drawn = False
+    for s in summaries:
+        for row in s.rows.values():
+            kept = s.kept(row)
+            if kept is None:
+                continue
+            drawn = True
+            err = row.std / s.teacher_score if s.teacher_score else 0.0
+            ax.errorbar(
+                s.size_ratio(row),
+                kept,
+                yerr=err,
+                marker=markers.get(s.domain, "D"),
+                mfc="none" if row.method == "none" else None,
+                capsize=3,
+                linestyle="none",
+                label=f"{s.domain}/{s.dataset}: {row.method} (n={row.n})",
+            )
+    if not drawn:
+        plt.close(fig)
+        return False
+    ax.axhline(1.0, color="0.5", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("student parameters / teacher parameters")
+    ax.set_ylabel("fraction of the teacher's score kept")
+    ax.set_title("All domains: what the student keeps for its size (hollow: student alone)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_report(paths: Sequence[Path], out_dir: Path) -> tuple[Path, str]:
+    """Read results under ``paths``; write ``out_dir/REPORT.md`` and PNGs; return the report
+    path and the terminal table."""
+    results, problems = load_all(paths)
+    summaries = summarize(results)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, str] = {}
+    if plot_overview(summaries, out_dir / "overview.png"):
+        figures["overview"] = "overview.png"
+    for s in summaries:
+        name = f"{s.domain}-{s.dataset}-{s.teacher_name}".replace("/", "_") + ".png"
+        plot_domain(s, out_dir / name)
+        figures[s.title] = name
+    if not summaries:
+        problems = [*problems, "no student results to compare"]
+    report = out_dir / "REPORT.md"
+    atomic_write_text(report, render_markdown(summaries, problems, figures))
+    return report, render_terminal(summaries, problems)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", type=Path, help="results.json files or run folders")
+    parser.add_argument("--out", type=Path, default=Path("runs/report"), help="report folder")
+    args = parser.parse_args(argv)
+    report, table = write_report(args.paths, args.out)
+    print(table)
+    print(f"\nreport: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""The cross-domain report: numbers from results files, plain verdicts, bad files skipped."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from common.report import load_all, main, summarize, write_report
+from common.results import RunResult, make_metrics, write_results
+
+TEACHER = {
+    "name": "big",
+    "params": 1000,
+    "score": 0.90,
+    "speed": {"latency_b1_ms": 4.0, "throughput": 100.0, "batch": 256, "unit": "img/s"},
+}
+STUDENT_SPEED = {"latency_b1_ms": 1.0, "throughput": 800.0, "batch": 256, "unit": "img/s"}
+
+
+def write_run(root, domain, method, seed, score, metric="test/accuracy", teacher=TEACHER):
+    run = root / domain / method / f"seed-{seed}"
+    write_results(
+        run,
+        RunResult(
+            domain=domain,
+            dataset="toy",
+            role="student",
+            method=method,
+            seed=seed,
+            teacher=teacher,
+            student={"name": "small", "params": 50, "speed": STUDENT_SPEED},
+            metrics=make_metrics({metric: score}, metric),
+            budget={"epochs": 2, "steps": 10},
+            wall_time_s=3.0,
+        ),
+    )
+    return run
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = tmp_path / "runs"
+    for seed, (none, kd) in enumerate([(0.80, 0.85), (0.82, 0.86), (0.81, 0.87)]):
+        write_run(root, "image-classification", "none", seed, none)
+        write_run(root, "image-classification", "kd", seed, kd)
+    # NLP: one seed each, so nothing may be called established.
+    write_run(root, "nlp", "none", 0, 0.70)
+    write_run(root, "nlp", "kd", 0, 0.75)
+    # RL: returns, with the kd gain inside the seed spread.
+    rl_teacher = {**TEACHER, "score": 500.0}
+    for seed, (none, kd) in enumerate([(300.0, 310.0), (400.0, 390.0)]):
+        write_run(root, "reinforcement-learning", "none", seed, none, "eval/return", rl_teacher)
+        write_run(root, "reinforcement-learning", "kd", seed, kd, "eval/return", rl_teacher)
+    return root
+
+
+def test_numbers_and_verdicts_follow_from_the_results(runs):
+    results, problems = load_all([runs])
+    assert problems == [] and len(results) == 12
+    by_domain = {s.domain: s for s in summarize(results)}
+    img = by_domain["image-classification"]
+    kd, none = img.rows["kd"], img.rows["none"]
+    assert none.mean == pytest.approx(0.81) and none.std == pytest.approx(0.01)
+    assert kd.mean == pytest.approx(0.86) and kd.n == 3
+    assert img.gain(kd) == pytest.approx(0.05)
+    assert img.gap_closure(kd) == pytest.approx(0.05 / 0.09)
+    assert img.kept(kd) == pytest.approx(0.86 / 0.90)
+    assert img.size_ratio(kd) == pytest.approx(0.05)
+    assert kd.speedup == pytest.approx(8.0)
+    assert img.verdict(kd) == "gain beyond 2σ"
+    assert by_domain["nlp"].verdict(by_domain["nlp"].rows["kd"]).startswith("one seed")
+    rl = by_domain["reinforcement-learning"]
+    assert rl.gain(rl.rows["kd"]) == pytest.approx(0.0)
+    assert rl.verdict(rl.rows["kd"]).startswith("within noise")
+    assert rl.kept(rl.rows["none"]) == pytest.approx(350.0 / 500.0)
+
+
+def test_report_files_plots_and_terminal_table(runs, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main([str(runs), "--out", str(out)]) == 0
+    text = (out / "REPORT.md").read_text()
+    for needle in ("## image-classification · toy", "86.00 ± 1.00%", "gain beyond 2σ", "one seed"):
+        assert needle in text
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert "overview.png" in pngs and len(pngs) == 4
+    for png in pngs:
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({png})" in text
+    printed = capsys.readouterr().out
+    assert "student alone" in printed and "reinforcement-learning · toy" in printed
+
+
+def test_missing_and_malformed_files_are_named_and_the_rest_still_reported(runs, tmp_path):
+    broken = write_run(runs, "image-classification", "at", 0, 0.5)
+    (broken / "results.json").write_text("{not json")
+    bad_schema = write_run(runs, "image-classification", "dkd", 0, 0.5)
+    data = json.loads((bad_schema / "results.json").read_text())
+    del data["metrics"]
+    (bad_schema / "results.json").write_text(json.dumps(data))
+    report, table = write_report([runs, tmp_path / "absent"], tmp_path / "out")
+    text = report.read_text()
+    assert "## Skipped results" in text
+    assert "is not valid JSON" in text and "missing key 'metrics'" in text
+    assert "absent: does not exist" in text
+    assert "86.00 ± 1.00%" in text  # the good runs are still there
+    assert "skipped:" in table
+
+
+def test_no_results_at_all_is_said_plainly(tmp_path):
+    (tmp_path / "empty").mkdir()
+    report, _ = write_report([tmp_path / "empty"], tmp_path / "out")
+    text = report.read_text()
+    assert "no results.json found" in text and "no student results to compare" in text
