@@ -33,6 +33,7 @@ import json
 import platform
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -206,6 +207,23 @@ def write_results(run_dir: Path, result: RunResult) -> Path:
     if is_main_process():
         atomic_write_json(path, data)
     return path
+
+
+def finished_run(
+    run_dir: Path, settings: dict[str, Any], required: Sequence[Path] = ()
+) -> dict[str, Any] | None:
+    """The results of a run in ``run_dir`` that finished with exactly ``settings`` (compared
+    with ``extra.settings``; include a fingerprint of the data there) and whose ``required``
+    files exist; None when there is no such run. Lets a script reuse a trained teacher
+    instead of training it again, and never reuse one trained on other data or settings."""
+    try:
+        data = load_results(run_dir)
+    except ResultsError:
+        return None
+    stored = data.get("extra", {}).get("settings")
+    if stored != json.loads(json.dumps(settings)) or not all(Path(p).exists() for p in required):
+        return None
+    return data
 
 
 def load_results(path: Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import pickle
+import shutil
 import struct
 
 import numpy as np
@@ -196,6 +197,23 @@ def test_teacher_trains_and_writes_results(teacher_dir):
     assert 0.2 < results["metrics"]["final"]["test/accuracy"] <= 1.0  # 384 images: > 2x chance
     assert results["student"]["params"] > 11_000_000
     assert (teacher_dir / "config.json").is_file()
+
+
+def test_a_finished_teacher_is_reused_only_for_the_same_settings_and_data(
+    teacher_dir, tmp_path, capsys
+):
+    out = tmp_path / "teacher"
+    shutil.copytree(teacher_dir.parent, out)
+    args = [*SMALL, "--epochs", "2", "--out-dir", str(out), "--optimizer", "adamw", "--lr", "0.002"]
+    before = (out / "results.json").read_text()
+    assert train_teacher.main(args) == out / "model"
+    assert "teacher reused" in capsys.readouterr().out
+    assert (out / "results.json").read_text() == before  # nothing retrained or rewritten
+    # Other data (a smaller subset) is another teacher: trained, not reused.
+    other = [*args[:1], "320", *args[2:], "--epochs", "1", "--no-resume"]
+    train_teacher.main(other)
+    assert "teacher reused" not in capsys.readouterr().out
+    assert load_results(out)["extra"]["train_size"] == 320
 
 
 @pytest.mark.parametrize("method", ["none", "kd", "fitnet", "at", "dkd", "kd+at"])

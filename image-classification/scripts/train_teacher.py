@@ -16,9 +16,10 @@ from pathlib import Path
 
 from accelerate.utils import set_seed
 
+from common.cache import fingerprint
 from common.cli import parse_args, run_main
 from common.losses import build_loss
-from common.results import RunResult, make_metrics, write_results
+from common.results import RunResult, finished_run, make_metrics, write_results
 from common.training import is_main_process
 from image_classification.data.images import DEFAULT_AUGMENT, load_dataset, make_loader
 from image_classification.model_io import ModelConfig, build_model, save_model_dir
@@ -72,6 +73,9 @@ class Args:
     """Run directory: model/, checkpoints/, metrics.jsonl, tensorboard/, results.json."""
     resume: bool = True
     """Resume from the run directory's last checkpoint (settings must match)."""
+    retrain: bool = False
+    """Train even when out_dir holds a finished teacher with the same settings and data
+    (otherwise that teacher is reused as it is)."""
 
 
 # Quick: about 2.3 minutes on 2 cores (measured: 139 s, 86.1% on 2000 test images).
@@ -86,8 +90,9 @@ QUICK = Args(
     out_dir=Path("runs/quick/image-classification/teacher"),
 )
 # Full: the imagenet stem reached 92.5% test accuracy in 15 epochs (35 min); the small stem
-# (layer1 at 14x14, ~3.3x the compute) is the one expected to pass 94%.
-FULL = Args(stem="small", epochs=10, out_dir=Path("runs/full/image-classification/teacher"))
+# (layer1 at 14x14, ~3.3x the compute) reached 93.56% in 10 epochs (59 min) with validation
+# accuracy still rising, so the benchmark trains it for 18 (about 1h45 on 2 cores).
+FULL = Args(stem="small", epochs=18, out_dir=Path("runs/full/image-classification/teacher"))
 PRESETS = {"quick": QUICK, "full": FULL}
 
 
@@ -108,6 +113,26 @@ def main(argv: list[str] | None = None) -> Path:
         max_train=args.max_train,
         max_test=args.max_test,
     )
+    settings = {
+        k: str(v) if isinstance(v, Path) else v
+        for k, v in asdict(args).items()
+        if k not in ("out_dir", "resume", "retrain")
+    }
+    # What decides whether a finished teacher can be reused: these settings and this data.
+    reuse_key = {
+        **settings,
+        "data_sha256": fingerprint(data.train.images, data.val.images, data.test.images),
+    }
+    model_dir = args.out_dir / "model"
+    done = finished_run(args.out_dir, reuse_key, [model_dir / "model.safetensors"])
+    if done is not None and not args.retrain:
+        if is_main_process():
+            acc = done["metrics"]["final"]["test/accuracy"]
+            print(
+                f"teacher reused: {model_dir} (same settings and data; test accuracy "
+                f"{100 * acc:.2f}%). Pass --retrain to train it again."
+            )
+        return model_dir
     channels, height, width = data.shape
     cfg = ModelConfig(
         family="resnet",
@@ -139,11 +164,6 @@ def main(argv: list[str] | None = None) -> Path:
         seed=args.seed,
         resume=args.resume,
     )
-    settings = {
-        k: str(v) if isinstance(v, Path) else v
-        for k, v in asdict(args).items()
-        if k not in ("out_dir", "resume")
-    }
     model, state, _ = run_training(model, build_loss("ce"), data, spec, config=settings)
 
     test_loader = make_loader(data.test, data, 512, shuffle=False)
@@ -151,7 +171,7 @@ def main(argv: list[str] | None = None) -> Path:
         **classification_metrics(*predict_logits(model, test_loader), "test"),
         **state.last_eval,
     }
-    model_dir = save_model_dir(model, cfg, args.out_dir / "model")
+    save_model_dir(model, cfg, model_dir)
     speed = speed_report(model, data.shape)
     desc = describe_model(
         model, f"{args.arch}-{args.stem}", data.shape, checkpoint=str(model_dir), speed=speed
@@ -172,6 +192,7 @@ def main(argv: list[str] | None = None) -> Path:
             "augment": list(augment),
             "train_size": len(data.train),
             "args": settings,
+            "settings": reuse_key,
         },
     )
     write_results(args.out_dir, result)
