@@ -1,0 +1,237 @@
+"""Benchmark: what distillation costs next to training the student alone, with and without
+the teacher-output cache, and how much faster the student infers. Prints figures.
+
+    python -m image_classification.scripts.benchmark                  # the quick teacher
+    python -m image_classification.scripts.benchmark --teacher runs/full/image-classification/teacher/model
+
+Each training configuration runs in a fresh process (so its peak memory is its own) through
+the shared loop for the same steps on the same batches: the student alone (cross-entropy),
+KD with the live teacher, and KD with a warm cache (built first, untimed). The step time is
+the median over the timed steps after a warm-up. Teacher and student inference are timed
+side by side in one process: batch-1 latency and batch-256 throughput.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing as mp
+import resource
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.callbacks import Callback
+from common.cli import parse_args, run_main
+from common.io import atomic_write_json
+
+CONFIGS = ("student alone", "kd, live teacher", "kd, warm cache")
+
+
+@dataclass
+class Args:
+    """Time distillation steps (live teacher, cached teacher) against student-alone steps."""
+
+    teacher: Path = Path("runs/quick/image-classification/teacher/model")
+    """Saved teacher folder (train_teacher.py); the quick preset's by default."""
+    student: str = "small"
+    """Student CNN size: tiny, small or medium."""
+    batch_size: int = 128
+    """Images per step."""
+    images: int = 12800
+    """Training images used (the cache covers these)."""
+    warmup_steps: int = 10
+    """Untimed steps first (allocator, kernels, caches)."""
+    steps: int = 60
+    """Timed steps per configuration."""
+    threads: int | None = None
+    """torch threads in each measurement; unset: torch's default (the machine's cores)."""
+    cache_dir: Path = Path("runs/benchmark/image-classification/cache")
+    """Where the benchmark's teacher cache goes."""
+    out: Path = Path("runs/benchmark/image-classification/benchmark.json")
+    """Where the figures are written as JSON."""
+    main_job: Path = Path("runs/quick/main_job.json")
+    """The main job's record, for its total wall time (skipped when absent)."""
+
+
+class _StepTimer(Callback):
+    """Wall time of every optimizer step."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._last = 0.0
+
+    def on_train_begin(self, loop: Any) -> None:
+        self._last = time.perf_counter()
+
+    def on_step_end(self, loop: Any, logs: dict[str, float]) -> None:
+        now = time.perf_counter()
+        self.times.append(now - self._last)
+        self._last = now
+
+
+def _measure(config: str, args: Args) -> dict[str, Any]:
+    """One configuration in this (fresh) process: median step time and peak memory."""
+    from accelerate.utils import set_seed
+
+    from common.cache import (
+        CachedTeacherAdapter,
+        cache_key,
+        compute_outputs,
+        fingerprint,
+        load_or_compute,
+    )
+    from common.io import sha256_file
+    from common.losses import build_loss
+    from common.training import DistillationLoop, LoopConfig, make_accelerator
+    from common.training import trainable_parameters as params
+    from image_classification.data.images import load_dataset, make_loader
+    from image_classification.model_io import ModelConfig, build_model, load_model_dir
+    from image_classification.pipeline import ImageAdapter, make_optimizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    teacher, t_cfg = load_model_dir(args.teacher)
+    data = load_dataset(
+        t_cfg.dataset, val_size=t_cfg.extra.get("val_size", 5000), max_train=args.images
+    )
+    data.mean, data.std = list(t_cfg.mean), list(t_cfg.std)
+    set_seed(0)
+    s_cfg = ModelConfig(
+        family="cnn",
+        arch=args.student,
+        num_classes=data.num_classes,
+        in_channels=data.shape[0],
+        image_size=data.shape[1:],
+        classes=data.classes,
+        mean=data.mean,
+        std=data.std,
+        dataset=t_cfg.dataset,
+    )
+    student = build_model(s_cfg)
+    loader = make_loader(data.train, data, args.batch_size, shuffle=True, seed=0)
+    adapter: Any = ImageAdapter()
+    model_teacher: Any = None
+    cache_s = None
+    if config == "student alone":
+        loss = build_loss("ce")
+    else:
+        loss = build_loss({"kd": 0.9, "ce": 0.1}, {"kd": {"temperature": 4.0}})
+        model_teacher = teacher
+        if config == "kd, warm cache":
+            key = cache_key(
+                teacher_sha256=sha256_file(args.teacher / "model.safetensors"),
+                data_sha256=fingerprint(data.train.images),
+                preprocessing={"mean": data.mean, "std": data.std, "augment": []},
+                outputs=["logits"],
+            )
+            ordered = make_loader(data.train, data, 512, shuffle=False)
+            model_teacher, stats = load_or_compute(
+                args.cache_dir,
+                key,
+                lambda: compute_outputs(
+                    teacher, ImageAdapter().teacher, ordered, len(data.train), ["logits"]
+                ),
+            )
+            cache_s = stats.to_dict()
+            adapter = CachedTeacherAdapter(adapter)
+    total = args.warmup_steps + args.steps
+    optimizer, schedule = make_optimizer(params(student, loss), "adamw", 3e-3, 5e-4, total)
+    timer = _StepTimer()
+    DistillationLoop(
+        student=student,
+        teacher=model_teacher,
+        loss_fn=loss,
+        adapter=adapter,
+        train_data=loader,
+        optimizer=optimizer,
+        scheduler=schedule,
+        accelerator=make_accelerator(),
+        config=LoopConfig(epochs=0, max_steps=total),
+        callbacks=[timer],
+    ).run()
+    timed = timer.times[args.warmup_steps :]
+    return {
+        "config": config,
+        "step_ms_median": 1e3 * statistics.median(timed),
+        "step_ms_mean": 1e3 * statistics.fmean(timed),
+        "timed_steps": len(timed),
+        # ru_maxrss is KiB on Linux: the peak resident memory of this whole process.
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_cuda_mib": torch.cuda.max_memory_allocated() / 2**20
+        if torch.cuda.is_available()
+        else None,
+        "cache": cache_s,
+    }
+
+
+def _inference(args: Args) -> dict[str, Any]:
+    from image_classification.model_io import build_model, load_model_dir
+    from image_classification.pipeline import speed_report
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    teacher, t_cfg = load_model_dir(args.teacher)
+    shape = (t_cfg.in_channels, *t_cfg.image_size)
+    student = build_model(dataclasses.replace(t_cfg, family="cnn", arch=args.student))
+    return {"teacher": speed_report(teacher, shape), "student": speed_report(student, shape)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(Args, argv)
+    if not (args.teacher / "model.safetensors").is_file():
+        from common.errors import ConfigError
+
+        raise ConfigError(
+            f"no teacher at {args.teacher}; train one first: python -m "
+            "image_classification.scripts.train_teacher --preset quick (or pass --teacher)"
+        )
+    ctx = mp.get_context("spawn")
+    results: dict[str, Any] = {"args": {k: str(v) for k, v in asdict(args).items()}}
+    steps = {}
+    for config in CONFIGS:
+        print(f"measuring: {config} ({args.warmup_steps} + {args.steps} steps) ...", flush=True)
+        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+            steps[config] = pool.submit(_measure, config, args).result()
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        speed = pool.submit(_inference, args).result()
+    base = steps["student alone"]["step_ms_median"]
+    results.update(steps=steps, inference=speed)
+    results["ratios"] = {
+        "kd_live_over_alone": steps["kd, live teacher"]["step_ms_median"] / base,
+        "kd_cached_over_alone": steps["kd, warm cache"]["step_ms_median"] / base,
+        "throughput_student_over_teacher": speed["student"]["throughput"]
+        / speed["teacher"]["throughput"],
+        "latency_teacher_over_student": speed["teacher"]["latency_b1_ms"]
+        / speed["student"]["latency_b1_ms"],
+    }
+    if args.main_job.is_file():
+        results["main_job_total_s"] = json.loads(args.main_job.read_text())["total_s"]
+
+    print(f"\nTraining step, batch {args.batch_size} (median of {args.steps} steps):")
+    for config, r in steps.items():
+        print(
+            f"  {config:18s} {r['step_ms_median']:8.1f} ms  ({r['step_ms_median'] / base:4.2f}x "
+            f"student alone)  peak RSS {r['peak_rss_mib']:7.0f} MiB"
+        )
+    t, s = speed["teacher"], speed["student"]
+    print(
+        f"Inference: batch-1 latency teacher {t['latency_b1_ms']:.2f} ms vs student "
+        f"{s['latency_b1_ms']:.2f} ms ({results['ratios']['latency_teacher_over_student']:.1f}x); "
+        f"batch-{t['batch']} throughput teacher {t['throughput']:.0f} vs student "
+        f"{s['throughput']:.0f} img/s ({results['ratios']['throughput_student_over_teacher']:.1f}x)"
+    )
+    if "main_job_total_s" in results:
+        print(f"Main job wall time ({args.main_job}): {results['main_job_total_s'] / 60:.1f} min")
+    atomic_write_json(args.out, results)
+    print(f"figures: {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    run_main(main)
