@@ -45,12 +45,25 @@ class Pipeline:
         return argv + (["--seeds", str(seeds)] if seeds is not None else [])
 
 
+@dataclass(frozen=True)
+class RunRootPipeline(Pipeline):
+    """A domain whose scripts place runs under ``--run-root`` themselves (RL: one folder per
+    environment, the distillation finding its teacher there)."""
+
+    def teacher_argv(self, preset: str, root: Path) -> list[str]:
+        return ["--preset", preset, "--run-root", str(root)]
+
+    def distill_argv(self, preset: str, root: Path, seeds: int | None) -> list[str]:
+        argv = ["--preset", preset, "--run-root", str(root)]
+        return argv + (["--seeds", str(seeds)] if seeds is not None else [])
+
+
 PIPELINES: dict[str, Pipeline] = {
     "image-classification": Pipeline(
         "image_classification.scripts.train_teacher", "image_classification.scripts.distill"
     ),
     "nlp": Pipeline("nlp.scripts.train_teacher", "nlp.scripts.distill"),
-    "reinforcement-learning": Pipeline(
+    "reinforcement-learning": RunRootPipeline(
         "reinforcement_learning.scripts.train_teacher", "reinforcement_learning.scripts.distill"
     ),
 }

@@ -60,6 +60,8 @@ class DomainSummary:
     teacher_name: str
     teacher_params: int
     teacher_score: float | None
+    teacher_floor: float | None
+    """Score of a trivial policy (e.g. random actions) when the domain gives one."""
     teacher_train_s: float | None
     rows: dict[str, MethodRow]
     speed: dict[str, Any]
@@ -102,11 +104,19 @@ class DomainSummary:
         return (self.gain(row) or 0.0) / gap
 
     def kept(self, row: MethodRow) -> float | None:
-        """Fraction of the teacher's score kept (higher-is-better metrics with a positive
-        teacher score only: for a negative return or a loss, a ratio means nothing)."""
-        if self.teacher_score is None or self.teacher_score <= 0 or not self.higher_is_better:
+        """Fraction of the teacher's score kept: ``(student - floor) / (teacher - floor)`` when
+        the domain records a floor (a random policy's return: returns can be negative), else
+        ``student / teacher`` for a positive, higher-is-better score; None otherwise."""
+        t = self.teacher_score
+        if t is None or not self.higher_is_better:
             return None
-        return row.mean / self.teacher_score
+        if self.teacher_floor is not None:
+            return (
+                (row.mean - self.teacher_floor) / (t - self.teacher_floor)
+                if t > self.teacher_floor
+                else None
+            )
+        return row.mean / t if t > 0 else None
 
     def size_ratio(self, row: MethodRow) -> float:
         return row.student_params / self.teacher_params if self.teacher_params else math.nan
@@ -194,6 +204,7 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[DomainSummary]:
                 teacher_name=t_name,
                 teacher_params=int(teacher.get("params", 0)),
                 teacher_score=_teacher_score(teacher),
+                teacher_floor=teacher.get("floor"),
                 teacher_train_s=teacher_runs.get((domain, dataset, t_name)),
                 rows=rows,
                 speed=speed,
@@ -293,7 +304,8 @@ def render_markdown(
         "Teacher vs student alone vs distilled students, read from `results.json` files. "
         "*score*: the primary test metric, mean ± sample std over seeds; *gain*: over the "
         "student alone (accuracy in points); *gap closed*: gain / (teacher − student alone); "
-        f"*kept*: fraction of the teacher's score; *verdict*: a gain counts only beyond "
+        "*kept*: fraction of the teacher's score (above a random policy's, where the domain "
+        f"records one); *verdict*: a gain counts only beyond "
         f"{NOISE_SIGMAS:g}× the larger seed std, and one seed establishes nothing."
     )
     if "overview" in figures:
@@ -386,7 +398,8 @@ def plot_overview(summaries: Sequence[DomainSummary], path: Path) -> bool:
             if kept is None:
                 continue
             drawn = True
-            err = row.std / s.teacher_score if s.teacher_score else 0.0
+            span = (s.teacher_score or 0.0) - (s.teacher_floor or 0.0)
+            err = row.std / span if span else 0.0
             ax.errorbar(
                 s.size_ratio(row),
                 kept,

@@ -12,8 +12,13 @@ role             "teacher" (a teacher's own training) or "student"
 method           "none" (student alone), "kd", "fitnet", ... or "teacher"
 seed             integer seed of this run
 loss             {"weights": {term: weight}, "options": {term: {option: value}}}
-teacher          model description or null: {"name", "params", "size_bytes", ...}
-student          model description: {"name", "params", "size_bytes", ...}
+teacher          model description or null: {"name", "params", "size_bytes", ...}; for
+                 reports also "score" (the teacher's value of the primary metric on the same
+                 test data), optionally "floor" (a trivial policy's score, e.g. random
+                 actions) and "speed" (below)
+student          model description: {"name", "params", "size_bytes", ...}, optionally "speed":
+                 common.metrics.speed_profile, {"latency_b1_ms", "throughput", "batch",
+                 "unit"}, measured side by side with the teacher's
 metrics          {"final": {...}, "best": {...} | null, "best_at": {"epoch", "step"} | null,
                  "primary": metric name, "higher_is_better": bool}
                  "final" is measured after the last step; "best" at the best validation.

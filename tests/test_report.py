@@ -48,7 +48,7 @@ def runs(tmp_path):
     write_run(root, "nlp", "none", 0, 0.70)
     write_run(root, "nlp", "kd", 0, 0.75)
     # RL: returns, with the kd gain inside the seed spread.
-    rl_teacher = {**TEACHER, "score": 500.0}
+    rl_teacher = {**TEACHER, "score": 500.0, "floor": 20.0}  # a random policy's return
     for seed, (none, kd) in enumerate([(300.0, 310.0), (400.0, 390.0)]):
         write_run(root, "reinforcement-learning", "none", seed, none, "eval/return", rl_teacher)
         write_run(root, "reinforcement-learning", "kd", seed, kd, "eval/return", rl_teacher)
@@ -73,7 +73,7 @@ def test_numbers_and_verdicts_follow_from_the_results(runs):
     rl = by_domain["reinforcement-learning"]
     assert rl.gain(rl.rows["kd"]) == pytest.approx(0.0)
     assert rl.verdict(rl.rows["kd"]).startswith("within noise")
-    assert rl.kept(rl.rows["none"]) == pytest.approx(350.0 / 500.0)
+    assert rl.kept(rl.rows["none"]) == pytest.approx((350.0 - 20.0) / (500.0 - 20.0))
 
 
 def test_report_files_plots_and_terminal_table(runs, tmp_path, capsys):

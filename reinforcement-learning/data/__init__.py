@@ -1,1 +1,2 @@
-"""Datasets and loaders for this domain (files come from `make data`, never from a hub at run time)."""
+"""The distillation data of this domain: states visited in the environment (no files, no
+hub). `replay.py` holds the replay buffer, the β-mixing collector and the loop's batches."""

@@ -1,1 +1,1 @@
-"""Command-line entry points: train_teacher.py, distill.py (run with `python -m <package>.scripts.<name>`)."""
+"""Command-line entry points: train_teacher.py, distill.py, play.py (run with `python -m reinforcement_learning.scripts.<name>`)."""

@@ -1,1 +1,1 @@
-"""Student models for this domain."""
+"""Compact student policies: `policy.py` (a small tanh MLP, categorical or Gaussian head)."""

@@ -1,0 +1,283 @@
+"""What train_teacher.py and distill.py share: the forward adapter, the loss per action kind,
+evaluation on seeded episodes, one distillation run through the shared loop, the PPO
+baseline with the student's architecture, and model descriptions for results.json."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from common.callbacks import EvaluateCallback, JsonlLogger, ProgressBar
+from common.losses import CombinedLoss, build_loss
+from common.metrics import count_flops, count_parameters, model_size_bytes, speed_profile
+from common.training import (
+    DistillationLoop,
+    LoopConfig,
+    LoopState,
+    make_accelerator,
+    trainable_parameters,
+)
+from reinforcement_learning.data.replay import (
+    Collector,
+    RoundBatches,
+    RoundStats,
+    StateBuffer,
+    beta_schedule,
+)
+from reinforcement_learning.envs import VAL_SEED, Act, EpisodeStats, SpaceSpec, run_episodes
+from reinforcement_learning.normalization import ObsNormalization
+from reinforcement_learning.student_model.policy import CompactPolicy, select_actions
+from reinforcement_learning.teacher_model.hyperparams import PPOHyperparams
+from reinforcement_learning.teacher_model.ppo import PPORun, actor_parameters, train_ppo
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+class PolicyAdapter:
+    """Both policies take ``batch["obs"]`` (raw observations) and return their distribution's
+    parameters: ``logits``, or ``mean`` and ``log_std``."""
+
+    def student(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return model(batch["obs"].to(_device(model)))
+
+    def teacher(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return model(batch["obs"].to(_device(model)))
+
+
+def distillation_loss(spec: SpaceSpec, temperature: float) -> tuple[CombinedLoss, dict]:
+    """``policy_kl`` (tempered teacher softmax) for discrete actions, ``gaussian_kl`` for
+    continuous ones; and the loss description for results.json."""
+    if spec.continuous:
+        weights, options = {"gaussian_kl": 1.0}, {}
+    else:
+        weights, options = {"policy_kl": 1.0}, {"policy_kl": {"temperature": temperature}}
+    return build_loss(weights, options), {"weights": weights, "options": options}
+
+
+def greedy(model: nn.Module, spec: SpaceSpec) -> Act:
+    """The deterministic policy of a dict-output model, as a numpy batch function."""
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            out = model(torch.from_numpy(obs).to(_device(model)))
+        return select_actions(out, True, None, spec.action_low, spec.action_high)
+
+    return act
+
+
+def evaluate_returns(
+    model: nn.Module,
+    env_id: str,
+    spec: SpaceSpec,
+    episodes: int,
+    seed: int,
+    prefix: str,
+    teacher: nn.Module | None = None,
+) -> tuple[dict[str, float], EpisodeStats]:
+    """Mean and std of the return over seeded episodes with greedy actions; with a teacher,
+    also how often it would have acted the same on the states the model visited (discrete:
+    ``agreement``; continuous: mean absolute action difference ``action_gap``). Returns the
+    metrics and the episodes' returns and lengths."""
+    was_training = model.training
+    model.eval()
+    act, matches = greedy(model, spec), []
+    t_act = greedy(teacher, spec) if teacher is not None else None
+
+    def tracked(obs: np.ndarray) -> np.ndarray:
+        actions = act(obs)
+        if t_act is not None:
+            matches.append(np.abs(actions - t_act(obs)).reshape(len(obs), -1).mean(-1))
+        return actions
+
+    try:
+        stats = run_episodes(tracked, env_id, episodes, seed)
+    finally:
+        model.train(was_training)
+    metrics = {
+        f"{prefix}/return_mean": stats.mean,
+        f"{prefix}/return_std": stats.std,
+        f"{prefix}/episode_length": float(np.mean(stats.lengths)),
+    }
+    if matches:
+        gaps = np.concatenate(matches)
+        if spec.continuous:
+            metrics[f"{prefix}/action_gap"] = float(gaps.mean())
+        else:
+            metrics[f"{prefix}/agreement"] = float((gaps == 0).mean())
+    return metrics, stats
+
+
+@dataclass
+class DistillSpec:
+    """One distillation run of a compact student."""
+
+    name: str
+    method: str
+    """distill (β = 1: teacher rollouts only) or dagger (β decays per round)."""
+    run_dir: Path
+    rounds: int
+    steps_per_round: int
+    train_steps_per_round: int
+    batch_size: int
+    lr: float
+    buffer_size: int
+    beta_decay: float
+    n_envs: int
+    sample_actions: bool
+    seed: int
+    val_episodes: int = 5
+    eval_every: int = 1
+
+
+@dataclass
+class DistillRun:
+    """The outcome of :func:`run_distillation`."""
+
+    student: CompactPolicy
+    state: LoopState
+    history: list[RoundStats]
+    env_steps: int
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_distillation(
+    student: CompactPolicy,
+    teacher: nn.Module,
+    env_id: str,
+    spec: SpaceSpec,
+    loss: CombinedLoss,
+    run: DistillSpec,
+) -> DistillRun:
+    """Rounds of: collect ``steps_per_round`` states (β-mix of teacher and student actions)
+    into the replay buffer, then ``train_steps_per_round`` loop steps on batches from it, the
+    teacher labelling each batch in the loop's forward pass."""
+    start = time.perf_counter()
+    buffer = StateBuffer(run.buffer_size, spec.obs_dim)
+    collector = Collector(
+        env_id, spec, teacher, student, run.n_envs, run.seed, sample_actions=run.sample_actions
+    )
+    batches = RoundBatches(
+        collector,
+        buffer,
+        beta_schedule(run.method, run.beta_decay),
+        run.steps_per_round,
+        run.train_steps_per_round,
+        run.batch_size,
+        run.seed,
+    )
+    optimizer = torch.optim.Adam(trainable_parameters(student, loss), lr=run.lr)
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        # Validation episodes (not the test seeds) for the learning curve in metrics.jsonl.
+        metrics, _ = evaluate_returns(model, env_id, spec, run.val_episodes, VAL_SEED, "val")
+        return {"val/return": metrics["val/return_mean"], **batches.last()}
+
+    loop = DistillationLoop(
+        student=student,
+        teacher=teacher,
+        loss_fn=loss,
+        adapter=PolicyAdapter(),
+        train_data=batches,
+        optimizer=optimizer,
+        accelerator=make_accelerator(),
+        config=LoopConfig(epochs=run.rounds),
+        callbacks=[
+            EvaluateCallback(evaluate, monitor="val/return", every_epochs=run.eval_every),
+            ProgressBar(desc=run.name),
+            JsonlLogger(run.run_dir / "metrics.jsonl"),
+        ],
+    )
+    try:
+        state = loop.run()
+    finally:
+        collector.close()
+    trained = loop.student.eval()
+    assert isinstance(trained, CompactPolicy)
+    return DistillRun(
+        trained, state, batches.history, collector.env_steps, time.perf_counter() - start
+    )
+
+
+def actor_to_compact(
+    policy: Any, hidden: tuple[int, ...], spec: SpaceSpec, normalization: ObsNormalization
+) -> CompactPolicy:
+    """Copy a PPO actor with hidden sizes ``hidden`` into a :class:`CompactPolicy`.
+
+    With gSDE the PPO std depends on the state and has no place in the compact policy: its
+    log-std stays at 0 (greedy actions, which evaluation uses, are the mean either way)."""
+    student = CompactPolicy(spec.obs_dim, spec.action_dim, hidden, spec.continuous, normalization)
+    student.body.load_state_dict(policy.mlp_extractor.policy_net.state_dict())
+    student.head.load_state_dict(policy.action_net.state_dict())
+    log_std = getattr(policy, "log_std", None)
+    if spec.continuous and log_std is not None and log_std.shape == student.log_std.shape:
+        student.log_std.data.copy_(log_std.data)
+    return student.eval()
+
+
+def train_baseline(
+    env_id: str,
+    hp: PPOHyperparams,
+    env_steps: int,
+    hidden: tuple[int, ...],
+    spec: SpaceSpec,
+    seed: int,
+    run_dir: Path,
+    name: str,
+) -> tuple[CompactPolicy, PPORun]:
+    """The honest baseline: the student's architecture as PPO's actor, trained from scratch
+    with the teacher's tuned hyperparameters (a full-size critic, which is not deployed) for
+    the environment steps distillation used, with its own observation statistics."""
+    run = train_ppo(env_id, hp, env_steps, seed, run_dir / "sb3", actor=hidden, desc=name)
+    return actor_to_compact(run.model.policy, hidden, spec, run.normalization), run
+
+
+def _on_cpu(model: nn.Module) -> nn.Module:
+    """The model itself when it is on the CPU, else a CPU copy. Not always a copy: an SB3 gSDE
+    policy caches non-leaf tensors that ``deepcopy`` refuses."""
+    if all(p.device.type == "cpu" for p in model.parameters()):
+        return model
+    return copy.deepcopy(model).cpu()
+
+
+def describe_policy(model: nn.Module, name: str, obs_dim: int, **extra: Any) -> dict[str, Any]:
+    """Name, parameter count, size and FLOPs of one forward (on the CPU) for results.json."""
+    cpu = _on_cpu(model)
+    return {
+        "name": name,
+        "params": count_parameters(cpu),
+        "size_bytes": model_size_bytes(cpu),
+        "flops": count_flops(cpu, torch.zeros(1, obs_dim)),
+        **extra,
+    }
+
+
+def speed_report(model: nn.Module, obs_dim: int, repeats: int = 50) -> dict[str, Any]:
+    """CPU batch-1 latency (ms) and batch-1024 throughput (observations/s), medians: the
+    ``speed_profile`` shape every domain stores in results.json."""
+    with torch.no_grad():
+        return speed_profile(
+            _on_cpu(model),
+            torch.zeros(1, obs_dim),
+            torch.zeros(1024, obs_dim),
+            unit="obs/s",
+            repeats=repeats,
+        )
+
+
+def describe_teacher(policy: nn.Module, name: str, obs_dim: int, **extra: Any) -> dict[str, Any]:
+    """:func:`describe_policy` of a :class:`TeacherPolicy`, counting the parameters that act
+    (the critic is only for training) as ``params`` and all of them as ``params_with_critic``."""
+    desc = describe_policy(policy, name, obs_dim, **extra)
+    desc["params_with_critic"] = desc["params"]
+    desc["params"] = actor_parameters(policy.policy)  # type: ignore[arg-type]
+    return desc

@@ -1,0 +1,393 @@
+"""Reinforcement learning end to end on CartPole (and Pendulum for Gaussian policies) with tiny
+budgets: PPO teacher, each distillation method, saved students, normalization, the errors a
+user can run into, and GIF playback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from common.errors import CheckpointError, ConfigError, DistilleryError, ShapeMismatchError
+from common.results import load_results
+from reinforcement_learning.data.replay import Collector, StateBuffer, beta_schedule
+from reinforcement_learning.envs import (
+    TEST_SEED,
+    EnvError,
+    env_space_spec,
+    run_episodes,
+    teacher_return_kept,
+)
+from reinforcement_learning.model_io import (
+    PolicyConfig,
+    SB3Predictor,
+    StudentPolicy,
+    load_policy_dir,
+    save_policy_dir,
+)
+from reinforcement_learning.normalization import ObsNormalization
+from reinforcement_learning.pipeline import evaluate_returns, greedy
+from reinforcement_learning.scripts import distill, play, train_teacher
+from reinforcement_learning.student_model.policy import CompactPolicy
+from reinforcement_learning.teacher_model.ppo import TeacherError, load_teacher
+
+# A tiny distillation budget: 2 rounds of 256 env steps, 20 optimizer steps each.
+TINY = [
+    "--rounds", "2", "--steps-per-round", "256", "--train-steps-per-round", "20",
+    "--n-envs", "4", "--eval-episodes", "3", "--val-episodes", "1", "--batch-size", "64",
+]  # fmt: skip
+
+
+def _sb3_tmp_dirs() -> set[str]:
+    return {p.name for p in Path("/tmp").glob("SB3-*")}
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    before = _sb3_tmp_dirs()
+    train_teacher.main(["--timesteps", "3072", "--eval-episodes", "3", "--out-dir", str(out)])
+    # SB3 logs into the run directory, never into /tmp/SB3-* folders.
+    assert _sb3_tmp_dirs() == before
+    assert (out / "sb3" / "progress.csv").is_file()
+    return out / "model"
+
+
+def _student_config(continuous: bool, stats: ObsNormalization) -> PolicyConfig:
+    return PolicyConfig(
+        env_id="Pendulum-v1" if continuous else "CartPole-v1",
+        obs_dim=stats.obs_dim,
+        action_dim=1 if continuous else 2,
+        continuous=continuous,
+        hidden=[8],
+        normalization=stats.to_dict(),
+        action_low=[-2.0] if continuous else None,
+        action_high=[2.0] if continuous else None,
+    )
+
+
+def test_teacher_trains_saves_and_writes_results(teacher_dir):
+    res = load_results(teacher_dir.parent)
+    assert res["domain"] == "reinforcement-learning" and res["role"] == "teacher"
+    assert res["dataset"] == "CartPole-v1" and res["metrics"]["primary"] == "test/return_mean"
+    assert res["budget"]["env_steps"] == 3072  # 12 rollouts of 8 envs x 32 steps
+    final = res["metrics"]["final"]
+    # Even 3k steps of PPO beat a random policy on the same seeded episodes.
+    assert final["test/return_mean"] > final["test/random_return_mean"] + 10
+    # SB3's default MlpPolicy actor: 4->64->64->2.
+    assert res["student"]["params"] == 4 * 64 + 64 + 64 * 64 + 64 + 64 * 2 + 2
+    assert res["student"]["params_with_critic"] > res["student"]["params"]
+    stats = json.loads((teacher_dir / "normalization.json").read_text())
+    assert stats["enabled"] and stats["count"] > 3000 and len(stats["mean"]) == 4
+    config = json.loads((teacher_dir / "config.json").read_text())
+    assert config["env_id"] == "CartPole-v1" and config["hyperparams"]["n_steps"] == 32
+
+
+def test_a_finished_teacher_is_reused_only_for_the_same_settings(teacher_dir, capsys):
+    run = teacher_dir.parent
+    before = (run / "results.json").read_text()
+    argv = ["--timesteps", "3072", "--eval-episodes", "3", "--out-dir", str(run)]
+    train_teacher.main(argv)
+    assert "teacher reused" in capsys.readouterr().out
+    assert (run / "results.json").read_text() == before
+    # Any other setting is another teacher (the next call would train): not reused.
+    from common.results import finished_run
+
+    stored = json.loads(before)["extra"]["settings"]
+    other = {**stored, "args": {**stored["args"], "seed": 1}}
+    assert finished_run(run, stored) is not None and finished_run(run, other) is None
+
+
+def test_teacher_wrapper_acts_like_sb3_predict_on_normalized_obs(teacher_dir):
+    teacher = load_teacher(teacher_dir)
+    obs = np.random.default_rng(0).normal(0, 1, (256, 4)).astype(np.float32)
+    ours = greedy(teacher.policy, teacher.spec)(obs)
+    sb3, _ = teacher.model.predict(teacher.normalization.apply(obs), deterministic=True)
+    np.testing.assert_array_equal(ours, sb3)
+
+
+def test_student_normalization_equals_vecnormalize():
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    venv = VecNormalize(make_vec_env("CartPole-v1", n_envs=2, seed=0), clip_obs=3.0)
+    venv.reset()
+    for _ in range(200):  # move the running statistics away from their start
+        venv.step(np.array([venv.action_space.sample() for _ in range(2)]))
+    stats = ObsNormalization.from_vecnormalize(venv)
+    assert stats.clip == 3.0 and abs(stats.mean[0]) > 0
+    raw = np.random.default_rng(1).normal(0, 2, (500, 4)).astype(np.float32)
+    raw[0] = [100.0, -100.0, 50.0, -50.0]  # far outside: exercises the clipping
+    expected = venv.normalize_obs(raw)
+    np.testing.assert_array_equal(stats.apply(raw), expected)
+    student = CompactPolicy(4, 2, (8,), normalization=stats)
+    got = student.normalizer(torch.from_numpy(raw)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    assert np.abs(got).max() == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+def test_saved_student_reloads_with_identical_actions(tmp_path, continuous):
+    stats = ObsNormalization(mean=(0.5, -1.0, 2.0), var=(4.0, 0.25, 1.0), clip=5.0)
+    cfg = _student_config(continuous, stats)
+    torch.manual_seed(0)
+    model = CompactPolicy(3, cfg.action_dim, [8], continuous, stats).eval()
+    save_policy_dir(model, cfg, tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]
+    loaded, cfg2 = load_policy_dir(tmp_path / "m")
+    assert cfg2 == cfg
+    obs = torch.randn(64, 3) * 3
+    for key, value in model(obs).items():
+        torch.testing.assert_close(loaded(obs)[key], value, rtol=0, atol=0)
+    policy = StudentPolicy.load(tmp_path / "m")
+    batch = policy.predict(obs.numpy())
+    assert batch.shape == ((64, 1) if continuous else (64,))
+    if continuous:
+        assert np.all(np.abs(batch) <= 2.0)  # clipped to the action bounds
+    else:
+        np.testing.assert_array_equal(batch, model(obs)["logits"].argmax(-1).numpy())
+        assert isinstance(policy.predict(obs[0].numpy()), int)
+    actions, state = SB3Predictor(policy).predict(obs.numpy())
+    np.testing.assert_array_equal(actions, batch)
+    assert state is None
+    with pytest.raises(ShapeMismatchError, match="3-dim observations"):
+        policy.predict(np.zeros(5, np.float32))
+
+
+def test_sb3_evaluate_policy_runs_a_student(tmp_path):
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    stats = ObsNormalization.identity(4)
+    save_policy_dir(CompactPolicy(4, 2, [8]), _student_config(False, stats), tmp_path)
+    policy = StudentPolicy.load(tmp_path)
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=TEST_SEED)
+    returns, lengths = evaluate_policy(
+        SB3Predictor(policy), env, n_eval_episodes=2, return_episode_rewards=True
+    )
+    assert all(r == n for r, n in zip(returns, lengths, strict=True))  # CartPole: +1 per step
+    # Env i's first episode is reset with seed TEST_SEED + i: our evaluation of the same seeded
+    # episodes gives the same returns.
+    ours = run_episodes(lambda o: np.asarray(policy.predict(o)), "CartPole-v1", 2, TEST_SEED)
+    assert sorted(ours.returns) == sorted(returns)
+
+
+def test_predict_needs_no_stable_baselines3(tmp_path):
+    save_policy_dir(
+        CompactPolicy(4, 2, [8]), _student_config(False, ObsNormalization.identity(4)), tmp_path
+    )
+    code = (
+        "import sys, numpy as np\n"
+        "from reinforcement_learning.model_io import StudentPolicy\n"
+        f"a = StudentPolicy.load({str(tmp_path)!r}).predict(np.zeros(4, np.float32))\n"
+        "assert a in (0, 1), a\n"
+        "bad = [m for m in sys.modules if m.startswith(('stable_baselines3', 'gymnasium'))]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_replay_buffer_is_fifo_and_beta_schedules():
+    buf = StateBuffer(5, 2)
+    buf.add(np.arange(6).reshape(3, 2))
+    buf.add(np.arange(6, 14).reshape(4, 2))
+    assert len(buf) == 5 and buf.added == 7
+    assert sorted(buf.states[:, 0].tolist()) == [4, 6, 8, 10, 12]  # states 0 and 1 dropped
+    buf.add(np.arange(100, 120).reshape(10, 2))  # more than fit at once
+    assert sorted(buf.states[:, 0].tolist()) == [110, 112, 114, 116, 118]
+    assert buf.sample(7, torch.Generator().manual_seed(0)).shape == (7, 2)
+    dagger = beta_schedule("dagger", 0.5)
+    assert [dagger(r) for r in range(3)] == [1.0, 0.5, 0.25]
+    assert beta_schedule("distill", 0.5)(7) == 1.0
+    with pytest.raises(ConfigError):
+        beta_schedule("dagger", 1.5)
+
+
+def test_collector_beta_zero_lets_only_the_student_act(teacher_dir):
+    teacher = load_teacher(teacher_dir)
+    student = CompactPolicy(4, 2, [8])
+    spec = env_space_spec("CartPole-v1")
+    collector = Collector("CartPole-v1", spec, teacher.policy, student, n_envs=2, seed=0)
+    buf = StateBuffer(1000, 4)
+    stats = collector.collect(101, 0.0, buf, 0)
+    assert stats.env_steps == 102 and len(buf) == 102 and stats.teacher_actions == 0.0
+    stats = collector.collect(100, 1.0, buf, 1)
+    assert stats.teacher_actions == 1.0 and collector.env_steps == 202
+    collector.close()
+
+
+@pytest.mark.parametrize("method", ["none", "distill", "dagger"])
+def test_each_method_runs_end_to_end(teacher_dir, tmp_path, method):
+    summary = distill.main(
+        [*TINY, "--teacher", str(teacher_dir), "--methods", method, "--out-dir", str(tmp_path)]
+    )
+    row = summary["methods"][method]
+    run = tmp_path / method / "seed-0"
+    res = load_results(run)
+    assert row["n_seeds"] == 1 and row["return_mean"] == res["metrics"]["final"]["test/return_mean"]
+    assert row["env_steps_mean"] == res["budget"]["env_steps"]
+    assert res["method"] == method and res["role"] == "student" and res["seed"] == 0
+    assert res["student"]["params"] * 20 <= res["teacher"]["params"]
+    final = res["metrics"]["final"]
+    assert {"test/return_mean", "test/agreement", "test/teacher_return_kept"} <= set(final)
+    if method == "none":
+        # PPO gets at least the distillation budget (whole rollouts of 8 x 32 steps).
+        assert res["budget"]["env_steps"] == 512 and set(res["loss"]["weights"]) == {"ppo"}
+    else:
+        assert res["budget"]["env_steps"] == 512 and res["budget"]["steps"] == 40
+        assert res["loss"] == {
+            "weights": {"policy_kl": 1.0},
+            "options": {"policy_kl": {"temperature": 1.0}},
+        }
+        rounds = res["extra"]["rounds"]
+        fractions = [r["teacher_actions"] for r in rounds]
+        if method == "distill":
+            assert fractions == [1.0, 1.0]
+        else:  # round 0 all teacher, round 1 β = 0.5
+            assert fractions[0] == 1.0 and 0.3 < fractions[1] < 0.7
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        epochs = [x for x in lines if x["event"] == "epoch"]
+        assert len(epochs) == 2 and all(np.isfinite(x["train/loss/policy_kl"]) for x in epochs)
+        assert all("val/return" in x for x in epochs)
+        # The student was distilled with the teacher's observation statistics.
+        cfg = json.loads((run / "model" / "config.json").read_text())
+        teacher_stats = json.loads((teacher_dir / "normalization.json").read_text())
+        assert cfg["normalization"] == teacher_stats
+    # The saved student reloads and replays the test episodes action for action.
+    policy = StudentPolicy.load(run / "model")
+    again = run_episodes(lambda o: np.asarray(policy.predict(o)), "CartPole-v1", 3, TEST_SEED)
+    assert again.returns == res["extra"]["test_returns"]
+    assert again.mean == pytest.approx(final["test/return_mean"])
+    assert (tmp_path / "summary.json").is_file()
+
+
+def test_distillation_copies_the_teacher(teacher_dir, tmp_path):
+    """With a real (if small) budget the student must act like the teacher almost everywhere,
+    far above what an untrained student does."""
+    summary = distill.main(
+        [
+            "--teacher", str(teacher_dir), "--methods", "distill", "--rounds", "2",
+            "--steps-per-round", "1000", "--train-steps-per-round", "300", "--eval-episodes", "5",
+            "--val-episodes", "1", "--out-dir", str(tmp_path),
+        ]
+    )  # fmt: skip
+    assert summary["methods"]["distill"]["agreement_mean"] > 0.9
+    teacher = load_teacher(teacher_dir)
+    torch.manual_seed(0)
+    untrained = CompactPolicy(4, 2, [16], normalization=teacher.normalization)
+    before, _ = evaluate_returns(
+        untrained, "CartPole-v1", teacher.spec, 5, TEST_SEED, "test", teacher.policy
+    )
+    assert before["test/agreement"] < 0.9
+
+
+def test_seeds_give_mean_and_std(teacher_dir, tmp_path):
+    summary = distill.main(
+        [*TINY, "--teacher", str(teacher_dir), "--methods", "none", "distill", "--seeds", "2",
+         "--out-dir", str(tmp_path)]
+    )  # fmt: skip
+    row, base = summary["methods"]["distill"], summary["methods"]["none"]
+    a, b = row["returns"]
+    assert row["n_seeds"] == 2 and row["return_mean"] == pytest.approx((a + b) / 2)
+    assert row["return_std"] == pytest.approx(abs(a - b) / 2**0.5)
+    assert row["gain_over_none"] == pytest.approx(row["return_mean"] - base["return_mean"])
+    assert {load_results(tmp_path / "distill" / f"seed-{k}")["seed"] for k in (0, 1)} == {0, 1}
+
+
+def test_gaussian_teacher_and_student_on_pendulum(tmp_path):
+    teacher_dir = train_teacher.main(
+        ["--env-id", "Pendulum-v1", "--timesteps", "4096", "--eval-episodes", "2",
+         "--out-dir", str(tmp_path / "teacher")]
+    )  # fmt: skip
+    teacher = load_teacher(teacher_dir)
+    out = teacher.policy(torch.zeros(5, 3))
+    assert set(out) == {"mean", "log_std"} and out["log_std"].shape == (5, 1)  # gSDE: per state
+    summary = distill.main(
+        ["--env-id", "Pendulum-v1", "--teacher", str(teacher_dir), "--methods", "dagger",
+         "--rounds", "1", "--steps-per-round", "400", "--train-steps-per-round", "10",
+         "--eval-episodes", "2", "--val-episodes", "1", "--out-dir", str(tmp_path / "d")]
+    )  # fmt: skip
+    res = load_results(tmp_path / "d" / "dagger" / "seed-0")
+    assert res["loss"]["weights"] == {"gaussian_kl": 1.0}
+    assert "test/action_gap" in res["metrics"]["final"]
+    assert summary["methods"]["dagger"]["params"] * 10 <= summary["teacher"]["params"]
+    policy = StudentPolicy.load(tmp_path / "d" / "dagger" / "seed-0" / "model")
+    action = policy.predict(np.array([1.0, 0.0, 0.0], np.float32))
+    assert action.shape == (1,) and -2.0 <= action[0] <= 2.0
+
+
+def test_teacher_return_kept_is_relative_to_random():
+    assert teacher_return_kept(500, 500, 20) == 1.0
+    assert teacher_return_kept(-200, -150, -1250) == pytest.approx(1050 / 1100)
+    assert np.isnan(teacher_return_kept(10, 5, 5))
+
+
+def test_unknown_env_id_is_refused_with_suggestions(tmp_path):
+    with pytest.raises(EnvError, match=r"unknown environment id 'CartPol-v1'.*CartPole-v1") as err:
+        train_teacher.main(["--env-id", "CartPol-v1", "--out-dir", str(tmp_path)])
+    assert isinstance(err.value, DistilleryError)
+    assert not (tmp_path / "model").exists()
+
+
+def test_space_mismatch_between_teacher_and_env(teacher_dir, tmp_path):
+    with pytest.raises(
+        ShapeMismatchError, match=r"trained on CartPole-v1\) has 4-dim.*Acrobot-v1 has 6-dim"
+    ):
+        distill.main(["--env-id", "Acrobot-v1", "--teacher", str(teacher_dir),
+                      "--out-dir", str(tmp_path)])  # fmt: skip
+    stats = ObsNormalization.identity(4)
+    save_policy_dir(CompactPolicy(4, 2, [8]), _student_config(False, stats), tmp_path / "s")
+    with pytest.raises(ShapeMismatchError, match="observation/action spaces differ"):
+        play.main(["--model", str(tmp_path / "s"), "--env-id", "Pendulum-v1", "--episodes", "1"])
+
+
+def test_teacher_that_is_not_a_ppo_model(tmp_path):
+    from stable_baselines3 import A2C
+
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "ppo.zip").write_text("not a model")
+    with pytest.raises(TeacherError, match=r"not a zip archive.*train_teacher"):
+        load_teacher(tmp_path / "text")
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as z:
+        z.writestr("readme.txt", "hello")
+    with pytest.raises(TeacherError, match="not a stable-baselines3 model"):
+        load_teacher(tmp_path / "other.zip")
+    A2C("MlpPolicy", "CartPole-v1", device="cpu").save(tmp_path / "a2c.zip")
+    with pytest.raises(TeacherError, match="not PPO") as err:
+        distill.main(["--teacher", str(tmp_path / "a2c.zip"), "--out-dir", str(tmp_path / "o")])
+    assert isinstance(err.value, CheckpointError)
+    with pytest.raises(TeacherError, match="Train one first"):
+        distill.main(["--teacher", str(tmp_path / "absent"), "--out-dir", str(tmp_path / "o")])
+
+
+def test_bad_method_and_missing_student(tmp_path):
+    with pytest.raises(ConfigError, match="unknown method"):
+        distill.main(["--methods", "kd", "--out-dir", str(tmp_path)])
+    with pytest.raises(CheckpointError, match="not a saved student"):
+        StudentPolicy.load(tmp_path / "absent")
+    with pytest.raises(CheckpointError, match="neither a student"):
+        play.main(["--model", str(tmp_path)])
+
+
+def test_play_writes_a_gif_for_teacher_and_student(teacher_dir, tmp_path):
+    out = play.main(
+        ["--model", str(teacher_dir), "--episodes", "2", "--gif", str(tmp_path / "t.gif"),
+         "--gif-frames", "6", "--width", "160"]
+    )  # fmt: skip
+    assert out["env_id"] == "CartPole-v1" and len(out["returns"]) == 2
+    with Image.open(tmp_path / "t.gif") as gif:
+        assert gif.n_frames == 6 and gif.size[0] == 160
+    stats = ObsNormalization.identity(4)
+    save_policy_dir(CompactPolicy(4, 2, [8]), _student_config(False, stats), tmp_path / "s")
+    out = play.main(["--model", str(tmp_path / "s"), "--gif", str(tmp_path / "s.gif")])
+    assert Path(out["gif"]).is_file() and len(out["returns"]) == 3
