@@ -389,7 +389,7 @@ def plot_overview(summaries: Sequence[DomainSummary], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=(9.6, 4.4))
     markers = {"image-classification": "o", "nlp": "s", "reinforcement-learning": "^"}
     drawn = False
     for s in summaries:
@@ -418,7 +418,8 @@ def plot_overview(summaries: Sequence[DomainSummary], path: Path) -> bool:
     ax.set_xlabel("student parameters / teacher parameters")
     ax.set_ylabel("fraction of the teacher's score kept")
     ax.set_title("All domains: what the student keeps for its size (hollow: student alone)")
-    ax.legend(fontsize=7, loc="lower right")
+    # Outside the axes: inside, it would hide points (a weak baseline sits low on the right).
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
