@@ -408,3 +408,24 @@ def test_onnx_export_matches_pytorch(tmp_path):
         "model.onnx",
         "model.safetensors",
     ]
+
+
+def test_benchmark_measures_every_configuration(teacher_dir, tmp_path, capsys):
+    from image_classification.scripts import benchmark
+
+    out = benchmark.main(
+        [
+            "--teacher", str(teacher_dir), "--images", "256", "--batch-size", "64",
+            "--warmup-steps", "1", "--steps", "3", "--threads", "1",
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "b.json"),
+            "--main-job", str(tmp_path / "absent.json"),
+        ]
+    )  # fmt: skip
+    assert set(out["steps"]) == set(benchmark.CONFIGS)
+    for r in out["steps"].values():
+        assert r["timed_steps"] == 3 and r["step_ms_median"] > 0 and r["peak_rss_mib"] > 100
+    assert out["steps"]["kd, warm cache"]["cache"]["examples"] == 256
+    assert out["steps"]["student alone"]["cache"] is None
+    assert out["ratios"]["throughput_student_over_teacher"] > 1  # a 1/300 model is faster
+    assert json.loads((tmp_path / "b.json").read_text())["ratios"] == out["ratios"]
+    assert "kd, warm cache" in capsys.readouterr().out

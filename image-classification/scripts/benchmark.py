@@ -15,18 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing as mp
-import resource
-import statistics
-import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from common.callbacks import Callback
+from common.benchmark import StepTimer, in_fresh_process, peak_memory
 from common.cli import parse_args, run_main
 from common.io import atomic_write_json
 
@@ -57,22 +52,6 @@ class Args:
     """Where the figures are written as JSON."""
     main_job: Path = Path("runs/quick/main_job.json")
     """The main job's record, for its total wall time (skipped when absent)."""
-
-
-class _StepTimer(Callback):
-    """Wall time of every optimizer step."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._last = 0.0
-
-    def on_train_begin(self, loop: Any) -> None:
-        self._last = time.perf_counter()
-
-    def on_step_end(self, loop: Any, logs: dict[str, float]) -> None:
-        now = time.perf_counter()
-        self.times.append(now - self._last)
-        self._last = now
 
 
 def _measure(config: str, args: Args) -> dict[str, Any]:
@@ -142,7 +121,7 @@ def _measure(config: str, args: Args) -> dict[str, Any]:
             adapter = CachedTeacherAdapter(adapter)
     total = args.warmup_steps + args.steps
     optimizer, schedule = make_optimizer(params(student, loss), "adamw", 3e-3, 5e-4, total)
-    timer = _StepTimer()
+    timer = StepTimer()
     DistillationLoop(
         student=student,
         teacher=model_teacher,
@@ -155,17 +134,10 @@ def _measure(config: str, args: Args) -> dict[str, Any]:
         config=LoopConfig(epochs=0, max_steps=total),
         callbacks=[timer],
     ).run()
-    timed = timer.times[args.warmup_steps :]
     return {
         "config": config,
-        "step_ms_median": 1e3 * statistics.median(timed),
-        "step_ms_mean": 1e3 * statistics.fmean(timed),
-        "timed_steps": len(timed),
-        # ru_maxrss is KiB on Linux: the peak resident memory of this whole process.
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_cuda_mib": torch.cuda.max_memory_allocated() / 2**20
-        if torch.cuda.is_available()
-        else None,
+        **timer.summary(args.warmup_steps),
+        **peak_memory(),
         "cache": cache_s,
     }
 
@@ -191,15 +163,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"no teacher at {args.teacher}; train one first: python -m "
             "image_classification.scripts.train_teacher --preset quick (or pass --teacher)"
         )
-    ctx = mp.get_context("spawn")
     results: dict[str, Any] = {"args": {k: str(v) for k, v in asdict(args).items()}}
     steps = {}
     for config in CONFIGS:
         print(f"measuring: {config} ({args.warmup_steps} + {args.steps} steps) ...", flush=True)
-        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-            steps[config] = pool.submit(_measure, config, args).result()
-    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-        speed = pool.submit(_inference, args).result()
+        steps[config] = in_fresh_process(_measure, config, args)
+    speed = in_fresh_process(_inference, args)
     base = steps["student alone"]["step_ms_median"]
     results.update(steps=steps, inference=speed)
     results["ratios"] = {
