@@ -1,1 +1,1 @@
-"""Command-line entry points: train_teacher.py, distill.py (run with `python -m <package>.scripts.<name>`)."""
+"""Command-line entry points: train_teacher.py, distill.py, predict.py (run with `python -m <package>.scripts.<name>`)."""

