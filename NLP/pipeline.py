@@ -27,16 +27,22 @@ from common.callbacks import (
     TensorBoardLogger,
 )
 from common.losses import CombinedLoss
-from common.metrics import count_flops, count_parameters, model_size_bytes, speed_profile
+from common.metrics import (
+    classification_metrics,
+    count_flops,
+    count_parameters,
+    model_size_bytes,
+    speed_profile,
+)
 from common.training import (
     DistillationLoop,
     LoopConfig,
     LoopState,
     is_main_process,
     make_accelerator,
+    make_optimizer,
     trainable_parameters,
 )
-from image_classification.pipeline import classification_metrics, make_optimizer
 from nlp.data.text import make_loader
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")

@@ -186,3 +186,16 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return mean, std
+
+
+def classification_metrics(
+    logits: Tensor, labels: Tensor, prefix: str, teacher_logits: Tensor | None = None
+) -> dict[str, float]:
+    """``{prefix}/accuracy`` and ``/ece``, plus ``/agreement`` with the teacher's logits."""
+    metrics = {
+        f"{prefix}/accuracy": accuracy(logits, labels),
+        f"{prefix}/ece": expected_calibration_error(logits, labels),
+    }
+    if teacher_logits is not None:
+        metrics[f"{prefix}/agreement"] = agreement(logits, teacher_logits)
+    return metrics

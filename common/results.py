@@ -47,6 +47,7 @@ from typing import Any
 
 from common.errors import DistilleryError
 from common.io import atomic_write_json
+from common.metrics import gap_closure, mean_std
 from common.training import is_main_process
 
 SCHEMA_VERSION = 1
@@ -246,3 +247,45 @@ def load_results(path: Path) -> dict[str, Any]:
     if problems:
         raise ResultsError(f"{path} does not follow the results schema: " + "; ".join(problems))
     return data
+
+
+def summarize_classification(
+    runs: dict[str, list[dict]], teacher: dict[str, Any]
+) -> dict[str, Any]:
+    """Per method over seeds (results dicts of classification runs): test accuracy mean and
+    std, agreement, ECE, wall time, the gain over the student alone (also in units of the
+    larger seed std, and its Welch standard error) and the gap closure."""
+    rows: dict[str, Any] = {}
+    for method, results in runs.items():
+        accs = [r["metrics"]["final"]["test/accuracy"] for r in results]
+        mean, std = mean_std(accs)
+        agree = mean_std(
+            [r["metrics"]["final"].get("test/agreement", float("nan")) for r in results]
+        )
+        rows[method] = {
+            "n_seeds": len(accs),
+            "accuracy_mean": mean,
+            "accuracy_std": std,
+            "accuracies": accs,
+            "agreement_mean": agree[0],
+            "ece_mean": mean_std([r["metrics"]["final"]["test/ece"] for r in results])[0],
+            "wall_time_s_mean": mean_std([r["wall_time_s"] for r in results])[0],
+        }
+    base = rows.get("none")
+    for method, row in rows.items():
+        if base is None or method == "none":
+            continue
+        gain = row["accuracy_mean"] - base["accuracy_mean"]
+        # The issue's yardstick: the gain in units of the larger of the two seed spreads
+        # (an effect size, not a test); the Welch standard error of the gain is reported too.
+        spread = max(row["accuracy_std"], base["accuracy_std"])
+        se = (
+            row["accuracy_std"] ** 2 / row["n_seeds"] + base["accuracy_std"] ** 2 / base["n_seeds"]
+        ) ** 0.5
+        row["gain_over_none"] = gain
+        row["gain_in_std"] = gain / spread if spread > 0 else None
+        row["gain_se"] = se if min(row["n_seeds"], base["n_seeds"]) > 1 else None
+        row["gap_closure"] = gap_closure(
+            row["accuracy_mean"], base["accuracy_mean"], teacher["test_accuracy"]
+        )
+    return {"teacher": teacher, "methods": rows}

@@ -286,3 +286,31 @@ class DistillationLoop:
             logs = {k: float(v.detach()) for k, v in out.items()}
             logs["lr"] = float(self.optimizer.param_groups[0]["lr"])
             self._call("on_step_end", logs)
+
+
+def make_optimizer(
+    params: Sequence[nn.Parameter], name: str, lr: float, weight_decay: float, total_steps: int
+) -> tuple[torch.optim.Optimizer, Any]:
+    """SGD (Nesterov momentum) or AdamW, under a one-cycle schedule over ``total_steps``."""
+    if name == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
+        )
+    elif name == "adamw":
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}; use 'sgd' or 'adamw'")
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        opt,
+        max_lr=lr,
+        total_steps=max(total_steps, 1),
+        pct_start=0.15,
+        cycle_momentum=name == "sgd",
+    )
+    return opt, schedule
+
+
+def training_budget(epochs: int, state: LoopState, batch_size: int) -> dict[str, int]:
+    """What a run consumed, for results.json (examples summed over all processes)."""
+    processes = PartialState().num_processes
+    return {"epochs": epochs, "steps": state.step, "examples": state.step * batch_size * processes}

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import PartialState
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -24,11 +22,9 @@ from common.callbacks import (
 )
 from common.losses import CombinedLoss
 from common.metrics import (
-    accuracy,
-    agreement,
+    classification_metrics,
     count_flops,
     count_parameters,
-    expected_calibration_error,
     model_size_bytes,
     speed_profile,
 )
@@ -38,6 +34,7 @@ from common.training import (
     LoopConfig,
     LoopState,
     make_accelerator,
+    make_optimizer,
     trainable_parameters,
 )
 from image_classification.data.images import ImageData, make_loader
@@ -76,40 +73,6 @@ def predict_logits(model: nn.Module, loader: DataLoader) -> tuple[Tensor, Tensor
         labels.append(batch["labels"])
     model.train(was_training)
     return torch.cat(logits), torch.cat(labels)
-
-
-def classification_metrics(
-    logits: Tensor, labels: Tensor, prefix: str, teacher_logits: Tensor | None = None
-) -> dict[str, float]:
-    metrics = {
-        f"{prefix}/accuracy": accuracy(logits, labels),
-        f"{prefix}/ece": expected_calibration_error(logits, labels),
-    }
-    if teacher_logits is not None:
-        metrics[f"{prefix}/agreement"] = agreement(logits, teacher_logits)
-    return metrics
-
-
-def make_optimizer(
-    params: Sequence[nn.Parameter], name: str, lr: float, weight_decay: float, total_steps: int
-) -> tuple[torch.optim.Optimizer, Any]:
-    """SGD (Nesterov momentum) or AdamW, under a one-cycle schedule over ``total_steps``."""
-    if name == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
-        )
-    elif name == "adamw":
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    else:
-        raise ValueError(f"unknown optimizer {name!r}; use 'sgd' or 'adamw'")
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        opt,
-        max_lr=lr,
-        total_steps=max(total_steps, 1),
-        pct_start=0.15,
-        cycle_momentum=name == "sgd",
-    )
-    return opt, schedule
 
 
 @dataclass
@@ -180,12 +143,6 @@ def run_training(
     )
     state = loop.run()
     return loop.student.eval(), state, time.perf_counter() - start
-
-
-def training_budget(epochs: int, state: LoopState, batch_size: int) -> dict[str, int]:
-    """What a run consumed, for results.json (examples summed over all processes)."""
-    processes = PartialState().num_processes
-    return {"epochs": epochs, "steps": state.step, "examples": state.step * batch_size * processes}
 
 
 def speed_report(

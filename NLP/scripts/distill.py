@@ -49,11 +49,9 @@ from common.cli import parse_args, run_main
 from common.errors import ConfigError
 from common.io import atomic_write_json
 from common.losses import CombinedLoss, build_loss
-from common.metrics import count_parameters
-from common.results import RunResult, make_metrics, write_results
-from common.training import is_main_process
-from image_classification.pipeline import classification_metrics, training_budget
-from image_classification.scripts.distill import summarize
+from common.metrics import classification_metrics, count_parameters
+from common.results import RunResult, make_metrics, summarize_classification, write_results
+from common.training import is_main_process, training_budget
 from nlp.data.text import (
     IGNORE_LABEL,
     DataError,
@@ -545,7 +543,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if student is None:
         raise DataError("no method ran; give --methods and --seeds >= 1")
-    summary = summarize(
+    summary = summarize_classification(
         runs,
         {
             "name": t_desc["name"],

@@ -21,9 +21,9 @@ from accelerate.utils import set_seed
 
 from common.cli import parse_args, run_main
 from common.losses import build_loss
+from common.metrics import classification_metrics
 from common.results import RunResult, finished_run, make_metrics, write_results
-from common.training import is_main_process
-from image_classification.pipeline import classification_metrics, training_budget
+from common.training import is_main_process, training_budget
 from nlp.data.text import (
     count_truncated,
     fingerprint_texts,

@@ -24,6 +24,7 @@ import torch
 from common.benchmark import StepTimer, in_fresh_process, peak_memory
 from common.cli import parse_args, run_main
 from common.io import atomic_write_json
+from common.training import make_optimizer
 
 CONFIGS = ("student alone", "kd, live teacher", "kd, warm cache")
 
@@ -71,7 +72,7 @@ def _measure(config: str, args: Args) -> dict[str, Any]:
     from common.training import trainable_parameters as params
     from image_classification.data.images import load_dataset, make_loader
     from image_classification.model_io import ModelConfig, build_model, load_model_dir
-    from image_classification.pipeline import ImageAdapter, make_optimizer
+    from image_classification.pipeline import ImageAdapter
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -39,20 +39,18 @@ from common.cli import parse_args, run_main
 from common.errors import ConfigError, ShapeMismatchError
 from common.io import atomic_write_json, sha256_file
 from common.losses import CombinedLoss, build_loss
-from common.metrics import count_parameters, gap_closure, mean_std
-from common.results import RunResult, make_metrics, write_results
-from common.training import is_main_process
+from common.metrics import classification_metrics, count_parameters
+from common.results import RunResult, make_metrics, summarize_classification, write_results
+from common.training import is_main_process, training_budget
 from image_classification.data.images import ImageData, load_dataset, make_loader
 from image_classification.model_io import ModelConfig, build_model, load_model_dir, save_model_dir
 from image_classification.pipeline import (
     ImageAdapter,
     TrainSpec,
-    classification_metrics,
     describe_model,
     predict_logits,
     run_training,
     speed_report,
-    training_budget,
 )
 from image_classification.scripts.train_teacher import resolve_augment
 
@@ -308,44 +306,6 @@ def build_cache(
     return cache, {"enabled": True, **stats.to_dict()}
 
 
-def summarize(runs: dict[str, list[dict]], teacher: dict[str, Any]) -> dict[str, Any]:
-    """Mean and std per method, the gain over the student alone and the gap closure."""
-    rows: dict[str, Any] = {}
-    for method, results in runs.items():
-        accs = [r["metrics"]["final"]["test/accuracy"] for r in results]
-        mean, std = mean_std(accs)
-        agree = mean_std(
-            [r["metrics"]["final"].get("test/agreement", float("nan")) for r in results]
-        )
-        rows[method] = {
-            "n_seeds": len(accs),
-            "accuracy_mean": mean,
-            "accuracy_std": std,
-            "accuracies": accs,
-            "agreement_mean": agree[0],
-            "ece_mean": mean_std([r["metrics"]["final"]["test/ece"] for r in results])[0],
-            "wall_time_s_mean": mean_std([r["wall_time_s"] for r in results])[0],
-        }
-    base = rows.get("none")
-    for method, row in rows.items():
-        if base is None or method == "none":
-            continue
-        gain = row["accuracy_mean"] - base["accuracy_mean"]
-        # The issue's yardstick: the gain in units of the larger of the two seed spreads
-        # (an effect size, not a test); the Welch standard error of the gain is reported too.
-        spread = max(row["accuracy_std"], base["accuracy_std"])
-        se = (
-            row["accuracy_std"] ** 2 / row["n_seeds"] + base["accuracy_std"] ** 2 / base["n_seeds"]
-        ) ** 0.5
-        row["gain_over_none"] = gain
-        row["gain_in_std"] = gain / spread if spread > 0 else None
-        row["gain_se"] = se if min(row["n_seeds"], base["n_seeds"]) > 1 else None
-        row["gap_closure"] = gap_closure(
-            row["accuracy_mean"], base["accuracy_mean"], teacher["test_accuracy"]
-        )
-    return {"teacher": teacher, "methods": rows}
-
-
 def print_summary(summary: dict[str, Any], student: dict[str, Any]) -> None:
     t = summary["teacher"]
     print(
@@ -543,7 +503,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             runs.setdefault(method, []).append(result.to_dict())
 
     assert student is not None
-    summary = summarize(
+    summary = summarize_classification(
         runs,
         {
             "name": t_desc["name"],

@@ -19,18 +19,17 @@ from accelerate.utils import set_seed
 from common.cache import fingerprint
 from common.cli import parse_args, run_main
 from common.losses import build_loss
+from common.metrics import classification_metrics
 from common.results import RunResult, finished_run, make_metrics, write_results
-from common.training import is_main_process
+from common.training import is_main_process, training_budget
 from image_classification.data.images import DEFAULT_AUGMENT, load_dataset, make_loader
 from image_classification.model_io import ModelConfig, build_model, save_model_dir
 from image_classification.pipeline import (
     TrainSpec,
-    classification_metrics,
     describe_model,
     predict_logits,
     run_training,
     speed_report,
-    training_budget,
 )
 
 
