@@ -60,3 +60,45 @@ def in_fresh_process(fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` in a newly spawned process (``fn`` must be importable, args picklable)."""
     with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
         return pool.submit(fn, *args).result()
+
+
+CONFIGS = ("student alone", "kd, live teacher", "kd, warm cache")
+"""The configurations every domain benchmark times, in this order."""
+
+
+def run_configs(measure: Callable[[str, Any], dict[str, Any]], args: Any) -> dict[str, Any]:
+    """``measure(config, args)`` for each of :data:`CONFIGS`, each in a fresh process."""
+    steps = {}
+    for config in CONFIGS:
+        print(f"measuring: {config} ({args.warmup_steps} + {args.steps} steps) ...", flush=True)
+        steps[config] = in_fresh_process(measure, config, args)
+    return steps
+
+
+def summarize(
+    steps: dict[str, dict[str, Any]], speed: dict[str, dict[str, Any]], batch: str, unit: str
+) -> dict[str, float]:
+    """Print the step costs (over the student alone) and the inference comparison; return the
+    ratios. ``batch`` describes a training batch ("128 images"), ``unit`` the items/s unit."""
+    base = steps["student alone"]["step_ms_median"]
+    t, s = speed["teacher"], speed["student"]
+    ratios = {
+        "kd_live_over_alone": steps["kd, live teacher"]["step_ms_median"] / base,
+        "kd_cached_over_alone": steps["kd, warm cache"]["step_ms_median"] / base,
+        "throughput_student_over_teacher": s["throughput"] / t["throughput"],
+        "latency_teacher_over_student": t["latency_b1_ms"] / s["latency_b1_ms"],
+    }
+    timed = steps["student alone"]["timed_steps"]
+    print(f"\nTraining step, batch of {batch} (median of {timed} steps):")
+    for config, r in steps.items():
+        print(
+            f"  {config:18s} {r['step_ms_median']:8.1f} ms  ({r['step_ms_median'] / base:4.2f}x "
+            f"student alone)  peak RSS {r['peak_rss_mib']:7.0f} MiB"
+        )
+    print(
+        f"Inference: batch-1 latency teacher {t['latency_b1_ms']:.2f} ms vs student "
+        f"{s['latency_b1_ms']:.2f} ms ({ratios['latency_teacher_over_student']:.1f}x); "
+        f"batch-{t['batch']} throughput teacher {t['throughput']:.0f} vs student "
+        f"{s['throughput']:.0f} {unit} ({ratios['throughput_student_over_teacher']:.1f}x)"
+    )
+    return ratios

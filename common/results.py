@@ -289,3 +289,44 @@ def summarize_classification(
             row["accuracy_mean"], base["accuracy_mean"], teacher["test_accuracy"]
         )
     return {"teacher": teacher, "methods": rows}
+
+
+def print_classification_summary(summary: dict[str, Any], items: str = "images") -> None:
+    """The terminal table of :func:`summarize_classification` plus ``summary["student"]`` and
+    ``summary["speed"]`` (teacher and student ``speed_profile``); ``items``: what is counted."""
+    t, s = summary["teacher"], summary["student"]
+    print(
+        f"\nTest accuracy ({t['test_size']} {items}). Teacher {t['name']}: "
+        f"{100 * t['test_accuracy']:.2f}%, {t['params']:,} params; student {s['name']}: "
+        f"{s['params']:,} params (1/{t['params'] / s['params']:.1f} of the teacher)"
+    )
+    print(
+        f"{'method':14s} {'accuracy':>18s} {'seeds':>5s} {'gain':>7s} {'gain/σmax':>9s} "
+        f"{'gap closed':>10s} {'of teacher':>10s} {'agree':>6s} {'ECE':>6s} {'time/run':>8s}"
+    )
+    for method, r in summary["methods"].items():
+        gain = f"{100 * r['gain_over_none']:+.2f}" if "gain_over_none" in r else ""
+        sig = r.get("gain_in_std")
+        sig_s = f"{sig:.1f}" if sig is not None else ("n/a" if "gain_over_none" in r else "")
+        closure = f"{r['gap_closure']:.2f}" if "gap_closure" in r else ""
+        print(
+            f"{method:14s} {100 * r['accuracy_mean']:8.2f} ± {100 * r['accuracy_std']:5.2f}% "
+            f"{r['n_seeds']:5d} {gain:>7s} {sig_s:>9s} {closure:>10s} "
+            f"{100 * r['accuracy_mean'] / t['test_accuracy']:9.1f}% "
+            f"{100 * r['agreement_mean']:5.1f}% {100 * r['ece_mean']:5.2f}% "
+            f"{r['wall_time_s_mean']:7.0f}s"
+        )
+    if any(r["n_seeds"] < 2 for r in summary["methods"].values()):
+        print("One seed per method: no spread is measured, so no gain can be called significant.")
+    base = summary["methods"].get("none")
+    if base is not None and t["test_accuracy"] <= base["accuracy_mean"]:
+        print("The teacher is no better than the student alone: gap closure is not meaningful.")
+    sp = summary.get("speed")
+    if sp:
+        ts, ss = sp["teacher"], sp["student"]
+        print(
+            f"Inference (CPU, measured side by side): batch-1 latency teacher "
+            f"{ts['latency_b1_ms']:.2f} ms vs student {ss['latency_b1_ms']:.2f} ms; batch-"
+            f"{ts['batch']} throughput teacher {ts['throughput']:.0f} vs student "
+            f"{ss['throughput']:.0f} {items}/s ({ss['throughput'] / ts['throughput']:.1f}x)"
+        )

@@ -411,6 +411,7 @@ def test_onnx_export_matches_pytorch(tmp_path):
 
 
 def test_benchmark_measures_every_configuration(teacher_dir, tmp_path, capsys):
+    from common.benchmark import CONFIGS
     from image_classification.scripts import benchmark
 
     out = benchmark.main(
@@ -421,7 +422,7 @@ def test_benchmark_measures_every_configuration(teacher_dir, tmp_path, capsys):
             "--main-job", str(tmp_path / "absent.json"),
         ]
     )  # fmt: skip
-    assert set(out["steps"]) == set(benchmark.CONFIGS)
+    assert set(out["steps"]) == set(CONFIGS)
     for r in out["steps"].values():
         assert r["timed_steps"] == 3 and r["step_ms_median"] > 0 and r["peak_rss_mib"] > 100
     assert out["steps"]["kd, warm cache"]["cache"]["examples"] == 256

@@ -18,13 +18,17 @@ from typing import Any
 
 import torch
 
-from common.benchmark import StepTimer, in_fresh_process, peak_memory
+from common.benchmark import (
+    StepTimer,
+    in_fresh_process,
+    peak_memory,
+    run_configs,
+    summarize,
+)
 from common.cli import parse_args, run_main
 from common.errors import ConfigError
 from common.io import atomic_write_json
 from common.training import make_optimizer
-
-CONFIGS = ("student alone", "kd, live teacher", "kd, warm cache")
 
 
 @dataclass
@@ -163,32 +167,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "nlp.scripts.train_teacher --preset quick (or pass --teacher)"
         )
     results: dict[str, Any] = {"args": {k: str(v) for k, v in asdict(args).items()}}
-    steps = {}
-    for config in CONFIGS:
-        print(f"measuring: {config} ({args.warmup_steps} + {args.steps} steps) ...", flush=True)
-        steps[config] = in_fresh_process(_measure, config, args)
+    steps = run_configs(_measure, args)
     speed = in_fresh_process(_inference, args)
-    base = steps["student alone"]["step_ms_median"]
-    t, s = speed["teacher"], speed["student"]
     results.update(steps=steps, inference=speed)
-    results["ratios"] = {
-        "kd_live_over_alone": steps["kd, live teacher"]["step_ms_median"] / base,
-        "kd_cached_over_alone": steps["kd, warm cache"]["step_ms_median"] / base,
-        "throughput_student_over_teacher": s["throughput"] / t["throughput"],
-        "latency_teacher_over_student": t["latency_b1_ms"] / s["latency_b1_ms"],
-    }
-    print(f"\nTraining step, batch {args.batch_size} sentences (median of {args.steps} steps):")
-    for config, r in steps.items():
-        print(
-            f"  {config:18s} {r['step_ms_median']:8.1f} ms  ({r['step_ms_median'] / base:4.2f}x "
-            f"student alone)  peak RSS {r['peak_rss_mib']:7.0f} MiB"
-        )
-    print(
-        f"Inference: batch-1 latency teacher {t['latency_b1_ms']:.2f} ms vs student "
-        f"{s['latency_b1_ms']:.2f} ms ({results['ratios']['latency_teacher_over_student']:.1f}x); "
-        f"batch-{t['batch']} throughput teacher {t['throughput']:.0f} vs student "
-        f"{s['throughput']:.0f} texts/s ({results['ratios']['throughput_student_over_teacher']:.1f}x)"
-    )
+    results["ratios"] = summarize(steps, speed, f"{args.batch_size} sentences", "texts/s")
     atomic_write_json(args.out, results)
     print(f"figures: {args.out}")
     return results

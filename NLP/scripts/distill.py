@@ -50,7 +50,13 @@ from common.errors import ConfigError
 from common.io import atomic_write_json
 from common.losses import CombinedLoss, build_loss
 from common.metrics import classification_metrics, count_parameters
-from common.results import RunResult, make_metrics, summarize_classification, write_results
+from common.results import (
+    RunResult,
+    make_metrics,
+    print_classification_summary,
+    summarize_classification,
+    write_results,
+)
 from common.training import is_main_process, training_budget
 from nlp.data.text import (
     IGNORE_LABEL,
@@ -259,40 +265,6 @@ def teacher_reads(loss_desc: dict[str, Any]) -> set[str]:
     keys = {"logits"} if "kd" in weights else set()
     keys |= {options[t]["teacher_key"] for t in ("hint", "attention_kl") if t in weights}
     return keys
-
-
-def print_summary(summary: dict[str, Any]) -> None:
-    t, s = summary["teacher"], summary["student"]
-    print(
-        f"\nTest accuracy ({t['test_size']} texts). Teacher {t['name']}: "
-        f"{100 * t['test_accuracy']:.2f}%, {t['params']:,} params; student {s['name']}: "
-        f"{s['params']:,} params (1/{t['params'] / s['params']:.1f} of the teacher)"
-    )
-    print(
-        f"{'method':14s} {'accuracy':>18s} {'seeds':>5s} {'gain':>7s} {'gain/σmax':>9s} "
-        f"{'gap closed':>10s} {'of teacher':>10s} {'agree':>6s} {'time/run':>8s}"
-    )
-    for method, r in summary["methods"].items():
-        gain = f"{100 * r['gain_over_none']:+.2f}" if "gain_over_none" in r else ""
-        sig = r.get("gain_in_std")
-        sig_s = f"{sig:.1f}" if sig is not None else ("n/a" if "gain_over_none" in r else "")
-        closure = f"{r['gap_closure']:.2f}" if "gap_closure" in r else ""
-        print(
-            f"{method:14s} {100 * r['accuracy_mean']:8.2f} ± {100 * r['accuracy_std']:5.2f}% "
-            f"{r['n_seeds']:5d} {gain:>7s} {sig_s:>9s} {closure:>10s} "
-            f"{100 * r['accuracy_mean'] / t['test_accuracy']:9.1f}% "
-            f"{100 * r['agreement_mean']:5.1f}% {r['wall_time_s_mean']:7.0f}s"
-        )
-    if any(r["n_seeds"] < 2 for r in summary["methods"].values()):
-        print("One seed per method: no spread is measured, so no gain can be called significant.")
-    sp = summary["speed"]
-    print(
-        f"Inference (CPU, measured side by side): batch-1 latency teacher "
-        f"{sp['teacher']['latency_b1_ms']:.2f} ms vs student {sp['student']['latency_b1_ms']:.2f} "
-        f"ms; batch-{sp['teacher']['batch']} throughput teacher "
-        f"{sp['teacher']['throughput']:.0f} vs student "
-        f"{sp['student']['throughput']:.0f} texts/s ({sp['throughput_ratio']:.1f}x)"
-    )
 
 
 def build_teacher_logits(
@@ -561,7 +533,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary["teacher_cache"] = cache_info
     if is_main_process():
         atomic_write_json(args.out_dir / "summary.json", summary)
-        print_summary(summary)
+        print_classification_summary(summary, "texts")
         print(f"summary: {args.out_dir / 'summary.json'}")
     return summary
 

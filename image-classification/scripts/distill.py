@@ -40,7 +40,13 @@ from common.errors import ConfigError, ShapeMismatchError
 from common.io import atomic_write_json, sha256_file
 from common.losses import CombinedLoss, build_loss
 from common.metrics import classification_metrics, count_parameters
-from common.results import RunResult, make_metrics, summarize_classification, write_results
+from common.results import (
+    RunResult,
+    make_metrics,
+    print_classification_summary,
+    summarize_classification,
+    write_results,
+)
 from common.training import is_main_process, training_budget
 from image_classification.data.images import ImageData, load_dataset, make_loader
 from image_classification.model_io import ModelConfig, build_model, load_model_dir, save_model_dir
@@ -306,44 +312,6 @@ def build_cache(
     return cache, {"enabled": True, **stats.to_dict()}
 
 
-def print_summary(summary: dict[str, Any], student: dict[str, Any]) -> None:
-    t = summary["teacher"]
-    print(
-        f"\nTest accuracy ({t['test_size']} images). Teacher {t['name']}: "
-        f"{100 * t['test_accuracy']:.2f}%, {t['params']:,} params; student {student['name']}: "
-        f"{student['params']:,} params (1/{t['params'] / student['params']:.0f} of the teacher)"
-    )
-    print(
-        f"{'method':12s} {'accuracy':>18s} {'seeds':>5s} {'gain':>7s} {'gain/σmax':>9s} "
-        f"{'gap closed':>10s} {'agree':>6s} {'ECE':>6s} {'time/run':>8s}"
-    )
-    for method, r in summary["methods"].items():
-        gain = f"{100 * r['gain_over_none']:+.2f}" if "gain_over_none" in r else ""
-        sig = r.get("gain_in_std")
-        sig_s = f"{sig:.1f}" if sig is not None else ("n/a" if "gain_over_none" in r else "")
-        closure = f"{r['gap_closure']:.2f}" if "gap_closure" in r else ""
-        print(
-            f"{method:12s} {100 * r['accuracy_mean']:8.2f} ± {100 * r['accuracy_std']:5.2f}% "
-            f"{r['n_seeds']:5d} {gain:>7s} {sig_s:>9s} {closure:>10s} "
-            f"{100 * r['agreement_mean']:5.1f}% {100 * r['ece_mean']:5.2f}% "
-            f"{r['wall_time_s_mean']:7.0f}s"
-        )
-    if any(r["n_seeds"] < 2 for r in summary["methods"].values()):
-        print("One seed per method: no spread is measured, so no gain can be called significant.")
-    base = summary["methods"].get("none")
-    if base is not None and t["test_accuracy"] <= base["accuracy_mean"]:
-        print("The teacher is no better than the student alone: gap closure is not meaningful.")
-    sp = summary.get("speed")
-    if sp:
-        t, st = sp["teacher"], sp["student"]
-        print(
-            f"Inference (CPU, measured side by side): batch-1 latency teacher "
-            f"{t['latency_b1_ms']:.2f} ms vs student {st['latency_b1_ms']:.2f} ms; batch-{t['batch']} "
-            f"throughput teacher {t['throughput']:.0f} vs student {st['throughput']:.0f} img/s "
-            f"({st['throughput'] / t['throughput']:.1f}x)"
-        )
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(Args, argv, PRESETS)
     methods = {m: parse_method(m) for m in args.methods}
@@ -518,7 +486,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary["teacher_cache"] = cache_info
     if is_main_process():
         atomic_write_json(args.out_dir / "summary.json", summary)
-        print_summary(summary, s_desc)
+        print_classification_summary(summary, "images")
         print(f"summary: {args.out_dir / 'summary.json'}")
     return summary
 
