@@ -62,6 +62,48 @@ def in_fresh_process(fn: Callable[..., T], *args: Any) -> T:
         return pool.submit(fn, *args).result()
 
 
+def time_steps(
+    *,
+    student: torch.nn.Module,
+    teacher: torch.nn.Module | None,
+    loss: Any,
+    adapter: Any,
+    loader: Any,
+    warmup: int,
+    steps: int,
+    lr: float,
+    weight_decay: float,
+) -> dict[str, Any]:
+    """Train ``student`` for ``warmup + steps`` steps through the shared loop (AdamW, one-cycle)
+    and return the timed steps' median/mean and this process's peak memory."""
+    from common.training import (
+        DistillationLoop,
+        LoopConfig,
+        make_accelerator,
+        make_optimizer,
+        trainable_parameters,
+    )
+
+    total = warmup + steps
+    optimizer, schedule = make_optimizer(
+        trainable_parameters(student, loss), "adamw", lr, weight_decay, total
+    )
+    timer = StepTimer()
+    DistillationLoop(
+        student=student,
+        teacher=teacher,
+        loss_fn=loss,
+        adapter=adapter,
+        train_data=loader,
+        optimizer=optimizer,
+        scheduler=schedule,
+        accelerator=make_accelerator(),
+        config=LoopConfig(epochs=0, max_steps=total),
+        callbacks=[timer],
+    ).run()
+    return {**timer.summary(warmup), **peak_memory()}
+
+
 CONFIGS = ("student alone", "kd, live teacher", "kd, warm cache")
 """The configurations every domain benchmark times, in this order."""
 

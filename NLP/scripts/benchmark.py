@@ -18,17 +18,10 @@ from typing import Any
 
 import torch
 
-from common.benchmark import (
-    StepTimer,
-    in_fresh_process,
-    peak_memory,
-    run_configs,
-    summarize,
-)
+from common.benchmark import in_fresh_process, run_configs, summarize, time_steps
 from common.cli import parse_args, run_main
 from common.errors import ConfigError
 from common.io import atomic_write_json
-from common.training import make_optimizer
 
 
 @dataclass
@@ -91,8 +84,6 @@ def _measure(config: str, args: Args) -> dict[str, Any]:
         load_or_compute,
     )
     from common.losses import build_loss
-    from common.training import DistillationLoop, LoopConfig, make_accelerator
-    from common.training import trainable_parameters as params
     from nlp.data.text import make_loader, token_tensors
     from nlp.model_io import weights_digest
     from nlp.pipeline import TextAdapter
@@ -128,22 +119,18 @@ def _measure(config: str, args: Args) -> dict[str, Any]:
             )
             cache_s = stats.to_dict()
             adapter = CachedTeacherAdapter(adapter)
-    total = args.warmup_steps + args.steps
-    optimizer, schedule = make_optimizer(params(student, loss), "adamw", 5e-4, 0.01, total)
-    timer = StepTimer()
-    DistillationLoop(
+    timing = time_steps(
         student=student,
         teacher=model_teacher,
-        loss_fn=loss,
+        loss=loss,
         adapter=adapter,
-        train_data=loader,
-        optimizer=optimizer,
-        scheduler=schedule,
-        accelerator=make_accelerator(),
-        config=LoopConfig(epochs=0, max_steps=total),
-        callbacks=[timer],
-    ).run()
-    return {"config": config, **timer.summary(args.warmup_steps), **peak_memory(), "cache": cache_s}
+        loader=loader,
+        warmup=args.warmup_steps,
+        steps=args.steps,
+        lr=5e-4,
+        weight_decay=0.01,
+    )
+    return {"config": config, **timing, "cache": cache_s}
 
 
 def _inference(args: Args) -> dict[str, Any]:

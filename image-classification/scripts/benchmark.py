@@ -21,16 +21,9 @@ from typing import Any
 
 import torch
 
-from common.benchmark import (
-    StepTimer,
-    in_fresh_process,
-    peak_memory,
-    run_configs,
-    summarize,
-)
+from common.benchmark import in_fresh_process, run_configs, summarize, time_steps
 from common.cli import parse_args, run_main
 from common.io import atomic_write_json
-from common.training import make_optimizer
 
 
 @dataclass
@@ -72,8 +65,6 @@ def _measure(config: str, args: Args) -> dict[str, Any]:
     )
     from common.io import sha256_file
     from common.losses import build_loss
-    from common.training import DistillationLoop, LoopConfig, make_accelerator
-    from common.training import trainable_parameters as params
     from image_classification.data.images import load_dataset, make_loader
     from image_classification.model_io import ModelConfig, build_model, load_model_dir
     from image_classification.pipeline import ImageAdapter
@@ -124,27 +115,18 @@ def _measure(config: str, args: Args) -> dict[str, Any]:
             )
             cache_s = stats.to_dict()
             adapter = CachedTeacherAdapter(adapter)
-    total = args.warmup_steps + args.steps
-    optimizer, schedule = make_optimizer(params(student, loss), "adamw", 3e-3, 5e-4, total)
-    timer = StepTimer()
-    DistillationLoop(
+    timing = time_steps(
         student=student,
         teacher=model_teacher,
-        loss_fn=loss,
+        loss=loss,
         adapter=adapter,
-        train_data=loader,
-        optimizer=optimizer,
-        scheduler=schedule,
-        accelerator=make_accelerator(),
-        config=LoopConfig(epochs=0, max_steps=total),
-        callbacks=[timer],
-    ).run()
-    return {
-        "config": config,
-        **timer.summary(args.warmup_steps),
-        **peak_memory(),
-        "cache": cache_s,
-    }
+        loader=loader,
+        warmup=args.warmup_steps,
+        steps=args.steps,
+        lr=3e-3,
+        weight_decay=5e-4,
+    )
+    return {"config": config, **timing, "cache": cache_s}
 
 
 def _inference(args: Args) -> dict[str, Any]:
