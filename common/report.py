@@ -92,14 +92,19 @@ class DomainSummary:
             return f"{'gain' if gain > 0 else 'loss'} beyond {NOISE_SIGMAS:g}σ"
         return f"within noise (|gain| ≤ {NOISE_SIGMAS:g}σ)"
 
-    def gap_closure(self, row: MethodRow) -> float | None:
+    def teacher_gap(self) -> float:
+        """How much better the teacher scores than the student alone (NaN without either)."""
         base = self.baseline()
-        if base is None or self.teacher_score is None or row.method == "none":
-            return None
+        if base is None or self.teacher_score is None:
+            return math.nan
         gap = self.teacher_score - base.mean
-        if not self.higher_is_better:
-            gap = -gap
-        if gap <= 0:
+        return gap if self.higher_is_better else -gap
+
+    def gap_closure(self, row: MethodRow) -> float | None:
+        if row.method == "none":
+            return None
+        gap = self.teacher_gap()
+        if not gap > 0:  # also NaN
             return None  # the student alone already matches the teacher
         return (self.gain(row) or 0.0) / gap
 
@@ -324,21 +329,27 @@ def render_markdown(
                 f"{_fmt(t.get('latency_b1_ms'), '.2f')} ms (teacher) vs "
                 f"{_fmt(st.get('latency_b1_ms'), '.2f')} ms (student); throughput at batch "
                 f"{t.get('batch', '?')}: {_fmt(t.get('throughput'), '.0f')} vs "
-                f"{_fmt(st.get('throughput'), '.0f')} items/s."
+                f"{_fmt(st.get('throughput'), '.0f')} {t.get('unit', 'items/s')}."
             )
         out += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
         out += ["| " + " | ".join(r) + " |" for r in table_rows(s)]
         notes = [f"- `{r.method}`: {s.verdict(r)}" for r in s.rows.values() if s.verdict(r)]
         if s.baseline() is None:
             notes.append("- no student-alone run (`none`): gains cannot be judged")
+        elif s.teacher_score is not None and s.teacher_gap() <= 0:
+            notes.append(
+                "- the teacher scores no better than the student alone: there is nothing to "
+                "distil here, and gap closure is undefined"
+            )
         if notes:
             out += ["", *notes]
-        budget = next(iter(s.rows.values())).budget if s.rows else {}
-        if budget:
-            out += [
-                "",
-                "Budget per student run: " + ", ".join(f"{k} {v:,}" for k, v in budget.items()),
-            ]
+        budgets = [
+            f"`{r.method}`: " + ", ".join(f"{k} {v:,}" for k, v in r.budget.items())
+            for r in s.rows.values()
+            if r.budget
+        ]
+        if budgets:
+            out += ["", "Budget per run: " + "; ".join(budgets) + "."]
         if s.title in figures:
             out += ["", f"![{s.title}]({figures[s.title]})"]
     if problems:

@@ -112,3 +112,17 @@ def test_no_results_at_all_is_said_plainly(tmp_path):
     report, _ = write_report([tmp_path / "empty"], tmp_path / "out")
     text = report.read_text()
     assert "no results.json found" in text and "no student results to compare" in text
+
+
+def test_a_teacher_no_better_than_the_student_alone_is_said_plainly(tmp_path):
+    weak = {**TEACHER, "score": 0.70}
+    for seed, (none, kd) in enumerate([(0.80, 0.81), (0.82, 0.80)]):
+        write_run(tmp_path / "runs", "image-classification", "none", seed, none, teacher=weak)
+        write_run(tmp_path / "runs", "image-classification", "kd", seed, kd, teacher=weak)
+    report, _ = write_report([tmp_path / "runs"], tmp_path / "out")
+    text = report.read_text()
+    assert "the teacher scores no better than the student alone" in text
+    assert "img/s" in text  # the unit the results recorded
+    assert "`none`: epochs 2, steps 10; `kd`: epochs 2, steps 10." in text
+    (summary,) = summarize(load_all([tmp_path / "runs"])[0])
+    assert summary.gap_closure(summary.rows["kd"]) is None
