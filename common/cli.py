@@ -155,6 +155,16 @@ def parse_args(
     return cls(**ns)
 
 
+def args_dict(args: Any, exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """A dataclass of arguments as JSON-ready values (paths as strings), without ``exclude``:
+    what a run records as its settings and compares on resume or reuse."""
+    return {
+        k: str(v) if isinstance(v, Path) else v
+        for k, v in dataclasses.asdict(args).items()
+        if k not in exclude
+    }
+
+
 def run_main(main: Callable[[], object]) -> None:
     """Run a script's ``main()``; a :class:`~common.errors.DistilleryError` (bad input the
     user can fix) prints its message alone, not a traceback, and exits with status 2."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ from common.cache import (
     fingerprint,
     load_or_compute,
 )
-from common.cli import parse_args, run_main
+from common.cli import args_dict, parse_args, run_main
 from common.errors import ConfigError
 from common.io import atomic_write_json
 from common.losses import CombinedLoss, build_loss
@@ -415,11 +415,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "loss": loss_desc,
                 "lr_used": lr,
                 "steps": steps,
-                **{
-                    k: str(v) if isinstance(v, Path) else v
-                    for k, v in asdict(args).items()
-                    if k not in NOT_SETTINGS
-                },
+                **args_dict(args, NOT_SETTINGS),
             }
             spec = TrainSpec(
                 name=f"{method} seed {seed}",

@@ -14,12 +14,12 @@ Writes ``<out-dir>/model/`` (``save_pretrained`` folder + tokenizer: loads in
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from accelerate.utils import set_seed
 
-from common.cli import parse_args, run_main
+from common.cli import args_dict, parse_args, run_main
 from common.losses import build_loss
 from common.metrics import classification_metrics
 from common.results import RunResult, finished_run, make_metrics, write_results
@@ -104,11 +104,7 @@ def main(argv: list[str] | None = None) -> Path:
         max_train=args.max_train,
         max_test=args.max_test,
     )
-    settings = {
-        k: str(v) if isinstance(v, Path) else v
-        for k, v in asdict(args).items()
-        if k not in ("out_dir", "resume", "retrain")
-    }
+    settings = args_dict(args, ("out_dir", "resume", "retrain"))
     # What decides whether a finished teacher can be reused: these settings and this data.
     reuse_key = {**settings, "data_sha256": fingerprint_texts(data.train, data.val, data.test)}
     model_dir = args.out_dir / "model"

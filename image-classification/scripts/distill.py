@@ -17,7 +17,7 @@ results.json); the comparison goes to ``<out-dir>/summary.json`` and is printed.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from common.cache import (
     fingerprint,
     load_or_compute,
 )
-from common.cli import parse_args, run_main
+from common.cli import args_dict, parse_args, run_main
 from common.errors import ConfigError, ShapeMismatchError
 from common.io import atomic_write_json, sha256_file
 from common.losses import CombinedLoss, build_loss
@@ -395,11 +395,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "seed": seed,
                 "teacher_sha256": teacher_digest,
                 "loss": loss_desc,
-                **{
-                    k: str(v) if isinstance(v, Path) else v
-                    for k, v in asdict(args).items()
-                    if k not in NOT_SETTINGS
-                },
+                **args_dict(args, NOT_SETTINGS),
             }
             spec = TrainSpec(
                 name=f"{method} seed {seed}",

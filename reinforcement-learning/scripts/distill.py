@@ -26,7 +26,7 @@ from typing import Any
 
 from accelerate.utils import set_seed
 
-from common.cli import parse_args, run_main
+from common.cli import args_dict, parse_args, run_main
 from common.errors import ConfigError
 from common.io import atomic_write_json, sha256_file
 from common.metrics import gap_closure, mean_std
@@ -340,11 +340,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 extra={"method": method, "seed": seed, "teacher_sha256": digest},
             )
             model_dir = save_policy_dir(student, cfg, run_dir / "model")
-            settings_json = {
-                k: str(v) if isinstance(v, Path) else v
-                for k, v in asdict(args).items()
-                if k not in ("methods", "seeds", "seed_start", "out_dir", "run_root")
-            }
+            settings_json = args_dict(
+                args, ("methods", "seeds", "seed_start", "out_dir", "run_root")
+            )
             result = RunResult(
                 domain="reinforcement-learning",
                 dataset=args.env_id,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from accelerate.utils import set_seed
 
-from common.cli import parse_args, run_main
+from common.cli import args_dict, parse_args, run_main
 from common.results import RunResult, finished_run, make_metrics, write_results
 from reinforcement_learning.envs import TEST_SEED, check_env_id, random_policy, run_episodes
 from reinforcement_learning.pipeline import describe_teacher, evaluate_returns
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> Path:
     desc = describe_teacher(
         teacher.policy, f"ppo-mlp-{arch}", teacher.spec.obs_dim, checkpoint=str(model_dir)
     )
-    settings_json = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()}
+    settings_json = args_dict(args)
     result = RunResult(
         domain="reinforcement-learning",
         dataset=args.env_id,
