@@ -90,6 +90,12 @@ class TrainSpec:
     seed: int
     resume: bool = True
     checkpoint_every: int | None = 200
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (equal budgets over training sets of different
+    sizes); unset: ``epochs`` full passes."""
+    eval_every_epochs: int = 1
+    """Validate after every this many epochs (and at the end): many short epochs over a small
+    labelled subset need not each pay for a pass over the validation split."""
 
 
 def run_training(
@@ -111,6 +117,8 @@ def run_training(
     )
     val_loader = make_loader(data.val, data, 512, shuffle=False)
     steps = spec.epochs * len(train_loader)
+    if spec.max_steps is not None:
+        steps = min(steps, spec.max_steps)
     optimizer, schedule = make_optimizer(
         trainable_parameters(model, loss), spec.optimizer, spec.lr, spec.weight_decay, steps
     )
@@ -127,9 +135,9 @@ def run_training(
         optimizer=optimizer,
         scheduler=schedule,
         accelerator=make_accelerator(),
-        config=LoopConfig(epochs=spec.epochs),
+        config=LoopConfig(epochs=spec.epochs, max_steps=spec.max_steps),
         callbacks=[
-            EvaluateCallback(evaluate, monitor="val/accuracy"),
+            EvaluateCallback(evaluate, monitor="val/accuracy", every_epochs=spec.eval_every_epochs),
             ProgressBar(desc=spec.name),
             CheckpointCallback(
                 spec.run_dir / "checkpoints",

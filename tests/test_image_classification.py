@@ -14,12 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from common.errors import CheckpointError, ShapeMismatchError
+from common.cache import TeacherOutputCache, compute_outputs
+from common.errors import CheckpointError, ConfigError, ShapeMismatchError
 from common.fetch import MissingDataError
 from common.metrics import count_parameters
 from common.results import load_results
 from image_classification.data.images import DataError, load_dataset, make_loader, read_idx
 from image_classification.model_io import ModelConfig, build_model, load_model_dir, save_model_dir
+from image_classification.pipeline import ImageAdapter
 from image_classification.scripts import distill, export_onnx, predict, train_teacher
 from image_classification.student_model.cnn import SmallCNN
 from image_classification.teacher_model.resnet import TappedResNet
@@ -330,6 +332,44 @@ def test_cached_teacher_outputs_train_the_same_student_as_the_live_teacher(teach
         # Teacher logits from a batch of 512 vs 64 differ in the last float bits only.
         assert torch.allclose(value, weights[1][key], atol=1e-5), key
         assert torch.equal(weights[1][key], weights[2][key]), key
+
+
+def test_labelled_subset_student_alone_sees_only_those_same_steps(teacher_dir, tmp_path):
+    args = [*SMALL, "--teacher", str(teacher_dir), "--methods", "none", "kd", "--epochs", "1"]
+    args += ["--student", "tiny", "--augment", "none", "--labelled", "100"]
+    summary = distill.main([*args, "--cache-dir", str(tmp_path / "c"), "--out-dir", str(tmp_path)])
+    none = load_results(tmp_path / "none" / "seed-0")
+    kd = load_results(tmp_path / "kd" / "seed-0")
+    # 384 images / 64 per batch: 6 steps for both; the student alone loops over its 100.
+    assert none["budget"]["steps"] == kd["budget"]["steps"] == 6
+    assert none["budget"]["epochs"] == 3 and kd["budget"]["epochs"] == 1
+    assert none["extra"]["train_size"] == 100 and kd["extra"]["train_size"] == 384
+    assert none["extra"]["labelled"] == kd["extra"]["labelled"] == 100
+    assert summary["labelled"] == {"labelled": 100, "train_size": 384, "steps": 6}
+
+
+def test_teacher_labels_the_transfer_images_cached_or_live(teacher_dir):
+    teacher, cfg = load_model_dir(teacher_dir)
+    data = load_dataset(max_train=384, max_test=200, val_size=200)
+    data.mean, data.std = list(cfg.mean), list(cfg.std)
+    labelled = distill.labelled_subset(len(data.train), 50)
+    assert labelled is not None and len(labelled) == len(set(labelled.tolist())) == 50
+    assert torch.equal(labelled, distill.labelled_subset(len(data.train), 50))  # fixed
+    loader = make_loader(data.train, data, 100, shuffle=False)
+    predicted = torch.cat([teacher.eval()(b["images"])["logits"].argmax(-1) for b in loader])
+    live = distill.teacher_labelled(data, labelled, teacher, None)
+    cache = TeacherOutputCache(
+        compute_outputs(teacher, ImageAdapter().teacher, loader, 384, ["logits"])
+    )
+    cached = distill.teacher_labelled(data, labelled, teacher, cache)
+    expected = predicted.clone()
+    expected[labelled] = data.train.labels[labelled]
+    assert torch.equal(live.labels, expected) and torch.equal(cached.labels, expected)
+    assert torch.equal(live.images, data.train.images)
+    assert distill.labelled_subset(384, None) is None
+    for bad in (0, 384):
+        with pytest.raises(ConfigError, match="--labelled"):
+            distill.labelled_subset(384, bad)
 
 
 def test_augmentation_turns_the_cache_off_and_says_why(teacher_dir, tmp_path, capsys):
