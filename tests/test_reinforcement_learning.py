@@ -5,6 +5,7 @@ user can run into, and GIF playback."""
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 import zipfile
@@ -36,6 +37,8 @@ from reinforcement_learning.normalization import ObsNormalization
 from reinforcement_learning.pipeline import evaluate_returns, greedy
 from reinforcement_learning.scripts import distill, play, train_teacher
 from reinforcement_learning.student_model.policy import CompactPolicy
+from reinforcement_learning.teacher_model import ppo
+from reinforcement_learning.teacher_model.hyperparams import env_settings
 from reinforcement_learning.teacher_model.ppo import TeacherError, load_teacher
 
 # A tiny distillation budget: 2 rounds of 256 env steps, 20 optimizer steps each.
@@ -103,6 +106,38 @@ def test_a_finished_teacher_is_reused_only_for_the_same_settings(teacher_dir, ca
     stored = json.loads(before)["extra"]["settings"]
     other = {**stored, "args": {**stored["args"], "seed": 1}}
     assert finished_run(run, stored) is not None and finished_run(run, other) is None
+
+
+def test_a_crashed_teacher_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch, capsys):
+    hp = env_settings("CartPole-v1").ppo  # 8 envs x 32 steps: 256-step rollouts
+    run = lambda **kw: ppo.train_ppo(  # noqa: E731
+        "CartPole-v1", hp, 1024, 0, tmp_path / "sb3", progress=False, **kw
+    )
+    kw = {"checkpoint_dir": tmp_path / "ck", "checkpoint_every": 256, "settings": {"a": 1}}
+    save = ppo.RolloutCheckpoint.save
+
+    def save_then_crash(self):
+        out = save(self)
+        if self.num_timesteps >= 512:
+            raise KeyboardInterrupt  # killed right after the 512-step checkpoint
+        return out
+
+    monkeypatch.setattr(ppo.RolloutCheckpoint, "save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(**kw)
+    monkeypatch.setattr(ppo.RolloutCheckpoint, "save", save)
+    found = ppo.latest_checkpoint(tmp_path / "ck")
+    assert found is not None and found.name == "step-000000512"
+    assert [p.name for p in (tmp_path / "ck").iterdir()] == ["step-000000512"]  # older removed
+    with open(found / "vecnormalize.pkl", "rb") as f:
+        saved_count = pickle.load(f).obs_rms.count
+    with pytest.raises(CheckpointError, match="other settings"):
+        run(**{**kw, "settings": {"a": 2}})
+    resumed = run(**kw)
+    assert "resumed from" in capsys.readouterr().out
+    assert resumed.model.num_timesteps == 1024  # the same total, not 512 + 1024
+    # The normalization statistics carried on from the checkpoint's, not from scratch.
+    assert resumed.venv.obs_rms.count > saved_count >= 512
 
 
 def test_teacher_wrapper_acts_like_sb3_predict_on_normalized_obs(teacher_dir):

@@ -8,11 +8,14 @@ Hyperparameters come from the per-environment table (rl-zoo's tuned PPO settings
 ``teacher_model/hyperparams.py``). Writes ``<run-dir>/model/`` (``ppo.zip``,
 ``normalization.json`` with the frozen VecNormalize statistics, ``config.json``), SB3's
 ``sb3/progress.csv`` and ``results.json``; the run directory defaults to
-``<run-root>/<env-id>/teacher``.
+``<run-root>/<env-id>/teacher``. About every tenth of the run, the model and the
+VecNormalize state are saved to ``checkpoints/``; a killed run started again with the same
+command resumes from there.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,10 +50,10 @@ class Args:
     run_root: Path = Path("runs/reinforcement-learning")
     """Runs go to <run-root>/<env-id>/teacher unless --out-dir is given."""
     out_dir: Path | None = None
-    """Run directory: model/, sb3/, results.json."""
+    """Run directory: model/, sb3/, checkpoints/, results.json."""
     retrain: bool = False
-    """Train even when the run directory holds a finished teacher with the same settings
-    (otherwise that teacher is reused as it is)."""
+    """Train afresh even when the run directory holds a finished teacher with the same
+    settings, or checkpoints of an unfinished one (otherwise those are reused/resumed)."""
 
 
 # Quick: CartPole-v1 with the zoo's 1e5 steps (500 in every test episode; a 5e4-step teacher
@@ -85,6 +88,9 @@ def main(argv: list[str] | None = None) -> Path:
         return run_dir / "model"
 
     set_seed(args.seed)
+    if args.retrain:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    rollout = hp.n_envs * hp.n_steps
     run = train_ppo(
         args.env_id,
         hp,
@@ -93,6 +99,10 @@ def main(argv: list[str] | None = None) -> Path:
         run_dir / "sb3",
         device=args.device,
         desc=f"teacher {args.env_id}",
+        checkpoint_dir=run_dir / "checkpoints",
+        # About ten checkpoints a run, each at a rollout boundary.
+        checkpoint_every=max(rollout, hp.total_timesteps // 10),
+        settings=reuse_key,
     )
     model_dir = save_teacher(run, run_dir / "model", args.env_id, hp, args.seed)
 

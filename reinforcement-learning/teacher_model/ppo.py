@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
+import shutil
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -53,16 +55,21 @@ def _train_command(env_id: str | None = None) -> str:
 class TqdmCallback(BaseCallback):
     """A tqdm bar over environment steps with the mean return of recent episodes."""
 
-    def __init__(self, total: int, desc: str) -> None:
+    def __init__(self, total: int, desc: str, initial: int = 0) -> None:
         super().__init__()
-        self.total, self.desc = total, desc
+        self.total, self.desc, self.initial = total, desc, initial
         self.bar: Any = None
 
     def _on_training_start(self) -> None:
         from tqdm.auto import tqdm
 
         self.bar = tqdm(
-            total=self.total, desc=self.desc, unit="step", mininterval=1.0, dynamic_ncols=True
+            total=self.total,
+            initial=self.initial,
+            desc=self.desc,
+            unit="step",
+            mininterval=1.0,
+            dynamic_ncols=True,
         )
 
     def _on_step(self) -> bool:
@@ -78,6 +85,52 @@ class TqdmCallback(BaseCallback):
 
     def _on_training_end(self) -> None:
         self.bar.close()
+
+
+class RolloutCheckpoint(BaseCallback):
+    """Every ``every_steps`` environment steps, between rollouts (after PPO's update, so the
+    saved model has learned from every step counted), save the model and the VecNormalize
+    state to ``directory/step-<n>/``. ``meta.json`` is written last and marks a complete
+    checkpoint; older ones are then deleted."""
+
+    def __init__(self, directory: Path, every_steps: int, settings: dict[str, Any]) -> None:
+        super().__init__()
+        self.directory, self.every, self.settings = Path(directory), every_steps, settings
+        self.last = 0
+
+    def _on_training_start(self) -> None:
+        self.last = self.num_timesteps
+
+    def _on_rollout_start(self) -> None:
+        if self.num_timesteps - self.last >= self.every:
+            self.save()
+
+    def _on_step(self) -> bool:
+        return True
+
+    def save(self) -> Path:
+        out = self.directory / f"step-{self.num_timesteps:09d}"
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_write(out / "ppo.zip") as f:
+            self.model.save(f)
+        env = self.model.get_env()
+        assert isinstance(env, VecNormalize)
+        with atomic_write(out / "vecnormalize.pkl") as f:
+            pickle.dump(env, f)  # VecNormalize's own format (it leaves out the wrapped envs)
+        atomic_write_json(
+            out / "meta.json", {"num_timesteps": self.num_timesteps, "settings": self.settings}
+        )
+        for old in self.directory.glob("step-*"):
+            if old != out:
+                shutil.rmtree(old, ignore_errors=True)
+        self.last = self.num_timesteps
+        return out
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The newest complete checkpoint (one with ``meta.json``) under ``directory``."""
+    done = sorted(p.parent for p in Path(directory).glob("step-*/meta.json"))
+    return done[-1] if done else None
 
 
 def make_training_env(env_id: str, hp: PPOHyperparams, seed: int) -> VecNormalize:
@@ -163,17 +216,64 @@ def train_ppo(
     device: str = "cpu",
     desc: str = "ppo",
     progress: bool = True,
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int = 100_000,
+    settings: dict[str, Any] | None = None,
 ) -> PPORun:
-    """Train PPO for ``total_timesteps`` (rounded up to whole rollouts by SB3)."""
+    """Train PPO for ``total_timesteps`` (rounded up to whole rollouts by SB3).
+
+    With ``checkpoint_dir``, the model and the VecNormalize state are saved there every
+    ``checkpoint_every`` environment steps, and a run that finds a checkpoint written with the
+    same ``settings`` resumes from it (episodes in progress start over; the step count, the
+    learning-rate schedule and the normalization statistics carry on)."""
     start = time.perf_counter()
     venv = make_training_env(env_id, hp, seed)
-    model = build_ppo(venv, hp, seed, log_dir, actor=actor, device=device)
+    found = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+    if found is not None:
+        model = resume_ppo(found, venv, settings or {}, log_dir, device)
+        venv = model.get_env()  # type: ignore[assignment]
+        print(f"resumed from {found} ({model.num_timesteps:,} env steps done)")
+    else:
+        model = build_ppo(venv, hp, seed, log_dir, actor=actor, device=device)
     rollout = hp.n_envs * hp.n_steps  # SB3 stops after the rollout that passes the total
     total = rollout * math.ceil(total_timesteps / rollout)
-    callback = TqdmCallback(total, desc) if progress else None
-    model.learn(total_timesteps=total_timesteps, callback=callback)
+    callbacks: list[BaseCallback] = []
+    if progress:
+        callbacks.append(TqdmCallback(total, desc, initial=model.num_timesteps))
+    if checkpoint_dir is not None:
+        callbacks.append(RolloutCheckpoint(checkpoint_dir, checkpoint_every, settings or {}))
+    # Not resetting the count: SB3 then trains up to the same total and keeps the schedules.
+    model.learn(
+        total_timesteps=total_timesteps - model.num_timesteps,
+        callback=callbacks,
+        reset_num_timesteps=found is None,
+    )
     venv.training = False  # freeze the statistics from here on
     return PPORun(model, venv, time.perf_counter() - start)
+
+
+def resume_ppo(
+    checkpoint: Path, venv: VecNormalize, settings: dict[str, Any], log_dir: Path, device: str
+) -> PPO:
+    """The PPO model of a :class:`RolloutCheckpoint`, on fresh copies of the environments
+    with the saved normalization statistics; refuses a checkpoint of other settings."""
+    import pickle
+
+    meta = json.loads((checkpoint / "meta.json").read_text(encoding="utf-8"))
+    saved = meta.get("settings", {})
+    wanted = json.loads(json.dumps(settings))
+    if saved != wanted:
+        changed = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+        raise CheckpointError(
+            f"checkpoint {checkpoint} was written with other settings ({', '.join(changed)}); "
+            "resume with the same settings, or pass --retrain to start afresh"
+        )
+    with open(checkpoint / "vecnormalize.pkl", "rb") as f:
+        saved_norm: VecNormalize = pickle.load(f)  # our own file, written by RolloutCheckpoint
+    saved_norm.set_venv(venv.venv)
+    model = PPO.load(checkpoint / "ppo.zip", env=saved_norm, device=device)
+    model.set_logger(configure(str(log_dir), ["csv"]))
+    return model
 
 
 def actor_parameters(policy: ActorCriticPolicy) -> int:
