@@ -28,6 +28,9 @@ NOISE_SIGMAS = 2.0
 """A gain counts as beyond noise when it exceeds this many of the larger seed std."""
 
 
+DATA_KEYS = ("train_size", "labelled", "transfer_size")
+
+
 @dataclass
 class MethodRow:
     """One method's scores over seeds."""
@@ -38,6 +41,9 @@ class MethodRow:
     budget: dict[str, Any]
     student_params: int
     speedup: float | None = None
+    data: dict[str, int] = field(default_factory=dict)
+    """Training examples a run saw (``train_size``, ``labelled``, ``transfer_size``, as the
+    domain recorded them): the student alone and a distilled student may see different data."""
     mean: float = field(init=False)
     std: float = field(init=False)
 
@@ -198,6 +204,11 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[DomainSummary]:
                 budget=rs[0].get("budget", {}),
                 student_params=int(rs[0]["student"]["params"]),
                 speedup=speedup,
+                data={
+                    k: int(v)
+                    for k, v in (rs[0].get("extra") or {}).items()
+                    if k in DATA_KEYS and isinstance(v, (int, float))
+                },
             )
         speed = {"teacher": t_speed, "student": first["student"].get("speed") or {}}
         summaries.append(
@@ -350,6 +361,13 @@ def render_markdown(
         ]
         if budgets:
             out += ["", "Budget per run: " + "; ".join(budgets) + "."]
+        data = [
+            f"`{r.method}`: " + ", ".join(f"{k} {v:,}" for k, v in r.data.items())
+            for r in s.rows.values()
+            if r.data
+        ]
+        if data:
+            out += ["", "Training data per run: " + "; ".join(data) + "."]
         if s.title in figures:
             out += ["", f"![{s.title}]({figures[s.title]})"]
     if problems:

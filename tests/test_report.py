@@ -18,7 +18,9 @@ TEACHER = {
 STUDENT_SPEED = {"latency_b1_ms": 1.0, "throughput": 800.0, "batch": 256, "unit": "img/s"}
 
 
-def write_run(root, domain, method, seed, score, metric="test/accuracy", teacher=TEACHER):
+def write_run(
+    root, domain, method, seed, score, metric="test/accuracy", teacher=TEACHER, extra=None
+):
     run = root / domain / method / f"seed-{seed}"
     write_results(
         run,
@@ -33,6 +35,7 @@ def write_run(root, domain, method, seed, score, metric="test/accuracy", teacher
             metrics=make_metrics({metric: score}, metric),
             budget={"epochs": 2, "steps": 10},
             wall_time_s=3.0,
+            extra=extra or {},
         ),
     )
     return run
@@ -45,8 +48,8 @@ def runs(tmp_path):
         write_run(root, "image-classification", "none", seed, none)
         write_run(root, "image-classification", "kd", seed, kd)
     # NLP: one seed each, so nothing may be called established.
-    write_run(root, "nlp", "none", 0, 0.70)
-    write_run(root, "nlp", "kd", 0, 0.75)
+    write_run(root, "nlp", "none", 0, 0.70, extra={"train_size": 300, "transfer_size": 0})
+    write_run(root, "nlp", "kd", 0, 0.75, extra={"train_size": 300, "transfer_size": 2000})
     # RL: returns, with the kd gain inside the seed spread.
     rl_teacher = {**TEACHER, "score": 500.0, "floor": 20.0}  # a random policy's return
     for seed, (none, kd) in enumerate([(300.0, 310.0), (400.0, 390.0)]):
@@ -87,6 +90,11 @@ def test_report_files_plots_and_terminal_table(runs, tmp_path, capsys):
     for png in pngs:
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({png})" in text
+    # The student alone and the distilled student saw different data: the report says so.
+    assert (
+        "Training data per run: `none`: train_size 300, transfer_size 0; "
+        "`kd`: train_size 300, transfer_size 2,000." in text
+    )
     printed = capsys.readouterr().out
     assert "student alone" in printed and "reinforcement-learning · toy" in printed
 
