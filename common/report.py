@@ -28,7 +28,7 @@ NOISE_SIGMAS = 2.0
 """A gain counts as beyond noise when it exceeds this many of the larger seed std."""
 
 
-DATA_KEYS = ("train_size", "labelled", "transfer_size")
+DATA_KEYS = ("train_size", "labelled_train_size", "transfer_size")
 
 
 @dataclass
@@ -42,8 +42,8 @@ class MethodRow:
     student_params: int
     speedup: float | None = None
     data: dict[str, int] = field(default_factory=dict)
-    """Training examples a run saw (``train_size``, ``labelled``, ``transfer_size``, as the
-    domain recorded them): the student alone and a distilled student may see different data."""
+    """Training examples a run saw (``train_size``, ``labelled_train_size``,
+    ``transfer_size``, as the domain recorded them): the student alone and a distilled student may see different data."""
     mean: float = field(init=False)
     std: float = field(init=False)
 
@@ -205,9 +205,10 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[DomainSummary]:
                 student_params=int(rs[0]["student"]["params"]),
                 speedup=speedup,
                 data={
-                    k: int(v)
-                    for k, v in (rs[0].get("extra") or {}).items()
-                    if k in DATA_KEYS and isinstance(v, (int, float))
+                    k: int(extra[k])
+                    for extra in [rs[0].get("extra") or {}]
+                    for k in DATA_KEYS
+                    if isinstance(extra.get(k), (int, float))
                 },
             )
         speed = {"teacher": t_speed, "student": first["student"].get("speed") or {}}
@@ -366,7 +367,8 @@ def render_markdown(
             for r in s.rows.values()
             if r.data
         ]
-        if data:
+        # Only worth a line when the methods did not all see the same data.
+        if len({tuple(sorted(r.data.items())) for r in s.rows.values()}) > 1:
             out += ["", "Training data per run: " + "; ".join(data) + "."]
         if s.title in figures:
             out += ["", f"![{s.title}]({figures[s.title]})"]

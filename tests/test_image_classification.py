@@ -334,7 +334,17 @@ def test_cached_teacher_outputs_train_the_same_student_as_the_live_teacher(teach
         assert torch.equal(weights[1][key], weights[2][key]), key
 
 
-def test_labelled_subset_student_alone_sees_only_those_same_steps(teacher_dir, tmp_path):
+def test_labelled_subset_student_alone_sees_only_those_same_steps(
+    teacher_dir, tmp_path, monkeypatch
+):
+    seen = {}
+    train = distill.run_training
+
+    def spy(student, loss, data, spec, **kw):
+        seen[spec.name] = data.train
+        return train(student, loss, data, spec, **kw)
+
+    monkeypatch.setattr(distill, "run_training", spy)
     args = [*SMALL, "--teacher", str(teacher_dir), "--methods", "none", "kd", "--epochs", "1"]
     args += ["--student", "tiny", "--augment", "none", "--labelled", "100"]
     summary = distill.main([*args, "--cache-dir", str(tmp_path / "c"), "--out-dir", str(tmp_path)])
@@ -344,8 +354,14 @@ def test_labelled_subset_student_alone_sees_only_those_same_steps(teacher_dir, t
     assert none["budget"]["steps"] == kd["budget"]["steps"] == 6
     assert none["budget"]["epochs"] == 3 and kd["budget"]["epochs"] == 1
     assert none["extra"]["train_size"] == 100 and kd["extra"]["train_size"] == 384
-    assert none["extra"]["labelled"] == kd["extra"]["labelled"] == 100
+    assert none["extra"]["labelled_train_size"] == kd["extra"]["labelled_train_size"] == 100
     assert summary["labelled"] == {"labelled": 100, "train_size": 384, "steps": 6}
+    alone, taught = seen["none seed 0"], seen["kd seed 0"]
+    full = load_dataset(max_train=384, max_test=200, val_size=200).train
+    labelled = distill.labelled_subset(384, 100)
+    assert torch.equal(alone.labels, full.labels[labelled])  # true labels, those 100 only
+    assert torch.equal(taught.labels[labelled], full.labels[labelled])
+    assert not torch.equal(taught.labels, full.labels)  # the rest: the teacher's argmax
 
 
 def test_teacher_labels_the_transfer_images_cached_or_live(teacher_dir):
@@ -364,6 +380,7 @@ def test_teacher_labels_the_transfer_images_cached_or_live(teacher_dir):
     cached = distill.teacher_labelled(data, labelled, teacher, cache)
     expected = predicted.clone()
     expected[labelled] = data.train.labels[labelled]
+    assert not torch.equal(expected, data.train.labels)  # the teacher is not always right
     assert torch.equal(live.labels, expected) and torch.equal(cached.labels, expected)
     assert torch.equal(live.images, data.train.images)
     assert distill.labelled_subset(384, None) is None

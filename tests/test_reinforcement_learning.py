@@ -4,6 +4,7 @@ user can run into, and GIF playback."""
 
 from __future__ import annotations
 
+import csv
 import json
 import pickle
 import subprocess
@@ -91,6 +92,8 @@ def test_teacher_trains_saves_and_writes_results(teacher_dir):
     assert stats["enabled"] and stats["count"] > 3000 and len(stats["mean"]) == 4
     config = json.loads((teacher_dir / "config.json").read_text())
     assert config["env_id"] == "CartPole-v1" and config["hyperparams"]["n_steps"] == 32
+    # Checkpoints (every 307 steps here) are gone once the model is saved.
+    assert not (teacher_dir.parent / "checkpoints").exists()
 
 
 def test_a_finished_teacher_is_reused_only_for_the_same_settings(teacher_dir, capsys):
@@ -136,8 +139,20 @@ def test_a_crashed_teacher_run_resumes_from_its_last_checkpoint(tmp_path, monkey
     resumed = run(**kw)
     assert "resumed from" in capsys.readouterr().out
     assert resumed.model.num_timesteps == 1024  # the same total, not 512 + 1024
+    assert resumed.model._n_updates == 4 * hp.n_epochs  # two updates saved, two after
+    # CartPole's linear learning-rate schedule went on from where it was: the first update
+    # after resuming (at 768 of 1024 steps) ran at a quarter of the peak rate.
+    # (SB3 logs an update's figures in the next iteration's row.)
+    with open(tmp_path / "sb3" / "resumed-at-512" / "progress.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    first = next(r for r in rows if r["train/learning_rate"])
+    assert float(first["train/learning_rate"]) == pytest.approx(hp.learning_rate * 0.25)
+    assert int(first["train/n_updates"]) == 3 * hp.n_epochs
     # The normalization statistics carried on from the checkpoint's, not from scratch.
-    assert resumed.venv.obs_rms.count > saved_count >= 512
+    assert resumed.venv.obs_rms.count >= saved_count + 512
+    # The log of the first part survives; the resumed part logs beside it.
+    assert len((tmp_path / "sb3" / "progress.csv").read_text().splitlines()) >= 2
+    assert (tmp_path / "sb3" / "resumed-at-512" / "progress.csv").is_file()
 
 
 def test_teacher_wrapper_acts_like_sb3_predict_on_normalized_obs(teacher_dir):

@@ -48,8 +48,12 @@ def runs(tmp_path):
         write_run(root, "image-classification", "none", seed, none)
         write_run(root, "image-classification", "kd", seed, kd)
     # NLP: one seed each, so nothing may be called established.
-    write_run(root, "nlp", "none", 0, 0.70, extra={"train_size": 300, "transfer_size": 0})
-    write_run(root, "nlp", "kd", 0, 0.75, extra={"train_size": 300, "transfer_size": 2000})
+    # What NLP's distill.py records: the student alone never sees the transfer texts.
+    alone = {"train_size": 300, "labelled_train_size": 300, "transfer_size": 0}
+    write_run(root, "nlp", "none", 0, 0.70, extra=alone)
+    write_run(
+        root, "nlp", "kd", 0, 0.75, extra={**alone, "train_size": 2300, "transfer_size": 2000}
+    )
     # RL: returns, with the kd gain inside the seed spread.
     rl_teacher = {**TEACHER, "score": 500.0, "floor": 20.0}  # a random policy's return
     for seed, (none, kd) in enumerate([(300.0, 310.0), (400.0, 390.0)]):
@@ -92,9 +96,10 @@ def test_report_files_plots_and_terminal_table(runs, tmp_path, capsys):
         assert f"]({png})" in text
     # The student alone and the distilled student saw different data: the report says so.
     assert (
-        "Training data per run: `none`: train_size 300, transfer_size 0; "
-        "`kd`: train_size 300, transfer_size 2,000." in text
+        "Training data per run: `none`: train_size 300, labelled_train_size 300, transfer_size "
+        "0; `kd`: train_size 2,300, labelled_train_size 300, transfer_size 2,000." in text
     )
+    assert text.count("Training data per run") == 1  # not for domains where all saw the same
     printed = capsys.readouterr().out
     assert "student alone" in printed and "reinforcement-learning · toy" in printed
 

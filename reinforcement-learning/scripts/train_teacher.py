@@ -102,9 +102,12 @@ def main(argv: list[str] | None = None) -> Path:
         checkpoint_dir=run_dir / "checkpoints",
         # About ten checkpoints a run, each at a rollout boundary.
         checkpoint_every=max(rollout, hp.total_timesteps // 10),
-        settings=reuse_key,
+        # What training depends on (not the evaluation episodes).
+        settings={**reuse_key, "args": {**reuse_key["args"], "eval_episodes": None}},
     )
     model_dir = save_teacher(run, run_dir / "model", args.env_id, hp, args.seed)
+    # The finished model supersedes them; left behind, they would block other settings.
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 
     # Evaluate what was saved, loaded the way distill.py will load it.
     teacher = load_teacher(model_dir)

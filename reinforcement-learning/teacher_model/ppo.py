@@ -224,8 +224,10 @@ def train_ppo(
 
     With ``checkpoint_dir``, the model and the VecNormalize state are saved there every
     ``checkpoint_every`` environment steps, and a run that finds a checkpoint written with the
-    same ``settings`` resumes from it (episodes in progress start over; the step count, the
-    learning-rate schedule and the normalization statistics carry on)."""
+    same ``settings`` resumes from it: the step count, the learning-rate and clip schedules,
+    the optimizer and the normalization statistics carry on; episodes in progress start over
+    and SB3 re-seeds on load, so the result is not bit-identical to an uninterrupted run, and
+    ``seconds`` counts the resumed part only."""
     start = time.perf_counter()
     venv = make_training_env(env_id, hp, seed)
     found = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
@@ -272,7 +274,8 @@ def resume_ppo(
         saved_norm: VecNormalize = pickle.load(f)  # our own file, written by RolloutCheckpoint
     saved_norm.set_venv(venv.venv)
     model = PPO.load(checkpoint / "ppo.zip", env=saved_norm, device=device)
-    model.set_logger(configure(str(log_dir), ["csv"]))
+    # A folder of its own: SB3's CSV logger truncates progress.csv on open.
+    model.set_logger(configure(str(log_dir / f"resumed-at-{model.num_timesteps}"), ["csv"]))
     return model
 
 
