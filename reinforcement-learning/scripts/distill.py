@@ -111,6 +111,10 @@ class Args:
 QUICK = Args(run_root=Path("runs/quick/reinforcement-learning"))
 # Full: the benchmark (LunarLander-v3: 20 rounds of 10k steps); run again with --env-id for the
 # other tasks. More optimizer steps and a larger buffer for LunarLander's wider state space.
+# Measured (3 seeds, 20 test episodes each, one core): LunarLander-v3 teacher 282.4, distill
+# 282.6 +- 0.4, dagger 282.6 +- 0.7, PPO baseline -65.3 +- 100.3 (~17 min for all, teacher 17
+# min); Pendulum-v1 teacher -170.2, distill -170.8 +- 0.5, dagger -170.7 +- 0.2, baseline
+# -320.4 +- 162.5; CartPole-v1 500 / 500.0 +- 0 / 500.0 +- 0 / 331.6 +- 150.3.
 FULL = Args(
     env_id="LunarLander-v3",
     seeds=3,
