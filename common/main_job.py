@@ -98,8 +98,9 @@ class Step:
 
 
 def plan(args: Args, extra: Mapping[str, Sequence[str]] | None = None) -> list[Step]:
-    """The steps to run; ``extra[domain]`` is appended to both of that domain's commands
-    (tests use it for tiny budgets)."""
+    """The steps to run; ``extra[domain]`` is appended to both of that domain's commands and
+    ``extra[domain + ":distill"]`` to its distill command only (tests use it for tiny
+    budgets)."""
     unknown = [d for d in args.domains if d not in PIPELINES]
     if unknown:
         raise ConfigError(f"unknown domain(s) {unknown}; choose from {list(PIPELINES)}")
@@ -123,7 +124,9 @@ def plan(args: Args, extra: Mapping[str, Sequence[str]] | None = None) -> list[S
                 domain,
                 "distill",
                 pipe.distill_script,
-                pipe.distill_argv(args.domain_preset, root, args.seeds) + more,
+                pipe.distill_argv(args.domain_preset, root, args.seeds)
+                + more
+                + list((extra or {}).get(f"{domain}:distill", ())),
             )
         )
     return steps

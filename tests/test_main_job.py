@@ -9,10 +9,14 @@ import types
 from common import main_job
 from common.errors import ConfigError
 
-TINY_IMAGES = [
-    "--max-train", "384", "--max-test", "200", "--val-size", "200",
-    "--batch-size", "64", "--epochs", "1",
-]  # fmt: skip
+TINY_IMAGES = {
+    "image-classification": [
+        "--max-train", "384", "--max-test", "200", "--val-size", "200",
+        "--batch-size", "64", "--epochs", "1",
+    ],
+    # The quick preset keeps 1000 labels: more than this tiny training split has.
+    "image-classification:distill": ["--labelled", "100"],
+}  # fmt: skip
 
 
 def _fake_domain(monkeypatch, name: str, fail: bool) -> None:
@@ -30,7 +34,9 @@ def _fake_domain(monkeypatch, name: str, fail: bool) -> None:
 
 def test_plan_wires_teacher_output_into_distill(tmp_path):
     args = main_job.Args(domains=("image-classification",), out_dir=tmp_path, seeds=2)
-    teacher, distill = main_job.plan(args, {"image-classification": ["--epochs", "1"]})
+    extra = {"image-classification": ["--epochs", "1"], "image-classification:distill": ["-x"]}
+    teacher, distill = main_job.plan(args, extra)
+    assert distill.argv[-3:] == ["--epochs", "1", "-x"] and "-x" not in teacher.argv
     assert teacher.argv[-4:] == ["--out-dir", str(tmp_path / "image-classification" / "teacher"), "--epochs", "1"]  # fmt: skip
     i = distill.argv.index("--teacher")
     assert distill.argv[i + 1] == str(tmp_path / "image-classification" / "teacher" / "model")
@@ -40,7 +46,7 @@ def test_plan_wires_teacher_output_into_distill(tmp_path):
 def test_tiny_main_job_runs_reports_and_reuses_the_teacher(tmp_path, monkeypatch, capsys):
     _fake_domain(monkeypatch, "fake_nlp_scripts", fail=True)
     argv = ["--domains", "image-classification", "nlp", "--out-dir", str(tmp_path)]
-    status = main_job.main(argv, {"image-classification": TINY_IMAGES})
+    status = main_job.main(argv, TINY_IMAGES)
     out = capsys.readouterr().out
     assert status == 1, "a failed domain makes the job fail"
     assert "nlp: teacher FAILED" in out and "nlp: distill: skipped" in out
@@ -54,7 +60,7 @@ def test_tiny_main_job_runs_reports_and_reuses_the_teacher(tmp_path, monkeypatch
 
     # Second run: the finished teacher is reused, not retrained.
     _fake_domain(monkeypatch, "fake_nlp_ok", fail=False)
-    assert main_job.main(argv, {"image-classification": TINY_IMAGES}) == 0
+    assert main_job.main(argv, TINY_IMAGES) == 0
     assert "teacher reused" in capsys.readouterr().out
 
 
