@@ -49,6 +49,7 @@ class ProgressBar(Callback):
 
     def __init__(self, desc: str = "train") -> None:
         self.desc = desc
+        self._shown: dict[str, float] | None = None
         self.bar: Any = None
 
     def _bar(self, loop: DistillationLoop) -> Any:
@@ -80,7 +81,11 @@ class ProgressBar(Callback):
         )
 
     def on_epoch_end(self, loop: DistillationLoop) -> None:
-        if loop.state.last_eval and loop.accelerator.is_main_process:
+        # Only a fresh evaluation: with evaluation every few epochs, the epochs in between
+        # would otherwise print the old figures as if measured again.
+        fresh = loop.state.last_eval is not self._shown
+        if loop.state.last_eval and fresh and loop.accelerator.is_main_process:
+            self._shown = loop.state.last_eval
             shown = ", ".join(f"{k} {v:.4g}" for k, v in loop.state.last_eval.items())
             self._bar(loop).write(f"{self.desc} epoch {loop.state.epoch}: {shown}")
 

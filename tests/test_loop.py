@@ -9,7 +9,7 @@ import pytest
 import torch
 from toy import Adapter, N, Net, ToyData, make_loop, make_teacher, trained_weights
 
-from common.callbacks import Callback, TensorBoardLogger
+from common.callbacks import Callback, EvaluateCallback, ProgressBar, TensorBoardLogger
 from common.checkpoint import latest_checkpoint, list_checkpoints
 from common.errors import ConfigError, NonFiniteLossError
 from common.losses import build_loss
@@ -189,3 +189,15 @@ def test_no_resume_starts_afresh_and_drops_the_old_checkpoints(tmp_path):
     fresh.run()
     assert fresh.state.step == 3
     assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step-00000003"]
+
+
+def test_progress_prints_an_evaluation_only_when_one_ran(capsys):
+    val = ToyData(n=32, seed=99)
+    evaluate = EvaluateCallback(
+        lambda m: {"val/accuracy": float((m(val.x)["logits"].argmax(-1) == val.y).float().mean())},
+        monitor="val/accuracy",
+        every_epochs=2,
+    )
+    make_loop(None, epochs=4, callbacks=[evaluate, ProgressBar("toy")]).run()
+    printed = [line for line in capsys.readouterr().out.splitlines() if "val/accuracy" in line]
+    assert [line.split(":")[0] for line in printed] == ["toy epoch 2", "toy epoch 4"]
