@@ -191,6 +191,13 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def changed_settings(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """Top-level keys whose values differ between saved settings (read back from JSON) and
+    the wanted ones, compared as JSON would store them (tuples become lists)."""
+    wanted = json.loads(json.dumps(dict(wanted)))
+    return sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+
+
 def load_checkpoint(
     path: Path,
     *,
@@ -217,8 +224,8 @@ def load_checkpoint(
     meta = json.loads(state_file.read_text(encoding="utf-8"))
     if config is not None:
         saved = meta.get("config", {})
-        wanted = json.loads(json.dumps(dict(config)))  # compare as JSON would store it
-        changed = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+        wanted = json.loads(json.dumps(dict(config)))
+        changed = changed_settings(saved, config)
         if changed:
             diff = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}" for k in changed)
             raise CheckpointError(

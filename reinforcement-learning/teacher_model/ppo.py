@@ -34,6 +34,7 @@ from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import VecNormalize
 from torch import Tensor, nn
 
+from common.checkpoint import changed_settings
 from common.errors import CheckpointError, ConfigError
 from common.io import atomic_write, atomic_write_json
 from reinforcement_learning.envs import SpaceSpec, check_env_id, space_spec
@@ -262,10 +263,8 @@ def resume_ppo(
     import pickle
 
     meta = json.loads((checkpoint / "meta.json").read_text(encoding="utf-8"))
-    saved = meta.get("settings", {})
-    wanted = json.loads(json.dumps(settings))
-    if saved != wanted:
-        changed = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+    changed = changed_settings(meta.get("settings", {}), settings)
+    if changed:
         raise CheckpointError(
             f"checkpoint {checkpoint} was written with other settings ({', '.join(changed)}); "
             "resume with the same settings, or pass --retrain to start afresh"
