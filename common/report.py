@@ -194,6 +194,7 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[DomainSummary]:
         rows = {}
         for method, rs in sorted(by_method.items(), key=lambda kv: (kv[0] != "none", kv[0])):
             s_speed = rs[0]["student"].get("speed") or {}
+            extra = rs[0].get("extra") or {}
             speedup = None
             if t_speed.get("throughput") and s_speed.get("throughput"):
                 speedup = s_speed["throughput"] / t_speed["throughput"]
@@ -204,12 +205,7 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[DomainSummary]:
                 budget=rs[0].get("budget", {}),
                 student_params=int(rs[0]["student"]["params"]),
                 speedup=speedup,
-                data={
-                    k: int(extra[k])
-                    for extra in [rs[0].get("extra") or {}]
-                    for k in DATA_KEYS
-                    if isinstance(extra.get(k), (int, float))
-                },
+                data={k: int(v) for k in DATA_KEYS if isinstance(v := extra.get(k), (int, float))},
             )
         speed = {"teacher": t_speed, "student": first["student"].get("speed") or {}}
         summaries.append(
