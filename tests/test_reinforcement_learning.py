@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from common.checkpoint import latest_checkpoint
 from common.errors import CheckpointError, ConfigError, DistilleryError, ShapeMismatchError
 from common.results import load_results
 from reinforcement_learning.data.replay import Collector, StateBuffer, beta_schedule
@@ -129,7 +130,7 @@ def test_a_crashed_teacher_run_resumes_from_its_last_checkpoint(tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         run(**kw)
     monkeypatch.setattr(ppo.RolloutCheckpoint, "save", save)
-    found = ppo.latest_checkpoint(tmp_path / "ck")
+    found = latest_checkpoint(tmp_path / "ck")
     assert found is not None and found.name == "step-000000512"
     assert [p.name for p in (tmp_path / "ck").iterdir()] == ["step-000000512"]  # older removed
     with open(found / "vecnormalize.pkl", "rb") as f:

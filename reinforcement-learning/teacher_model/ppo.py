@@ -34,7 +34,7 @@ from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import VecNormalize
 from torch import Tensor, nn
 
-from common.checkpoint import changed_settings
+from common.checkpoint import PREFIX, changed_settings, latest_checkpoint
 from common.errors import CheckpointError, ConfigError
 from common.io import atomic_write, atomic_write_json
 from reinforcement_learning.envs import SpaceSpec, check_env_id, space_spec
@@ -91,8 +91,9 @@ class TqdmCallback(BaseCallback):
 class RolloutCheckpoint(BaseCallback):
     """Every ``every_steps`` environment steps, between rollouts (after PPO's update, so the
     saved model has learned from every step counted), save the model and the VecNormalize
-    state to ``directory/step-<n>/``. ``meta.json`` is written last and marks a complete
-    checkpoint; older ones are then deleted."""
+    state to ``directory/step-<n>/``. ``state.json`` is written last and marks a complete
+    checkpoint, as in :mod:`common.checkpoint` (whose ``latest_checkpoint`` finds it); older
+    ones are then deleted."""
 
     def __init__(self, directory: Path, every_steps: int, settings: dict[str, Any]) -> None:
         super().__init__()
@@ -110,7 +111,7 @@ class RolloutCheckpoint(BaseCallback):
         return True
 
     def save(self) -> Path:
-        out = self.directory / f"step-{self.num_timesteps:09d}"
+        out = self.directory / f"{PREFIX}{self.num_timesteps:09d}"
         out.mkdir(parents=True, exist_ok=True)
         with atomic_write(out / "ppo.zip") as f:
             self.model.save(f)
@@ -119,19 +120,13 @@ class RolloutCheckpoint(BaseCallback):
         with atomic_write(out / "vecnormalize.pkl") as f:
             pickle.dump(env, f)  # VecNormalize's own format (it leaves out the wrapped envs)
         atomic_write_json(
-            out / "meta.json", {"num_timesteps": self.num_timesteps, "settings": self.settings}
+            out / "state.json", {"num_timesteps": self.num_timesteps, "settings": self.settings}
         )
-        for old in self.directory.glob("step-*"):
+        for old in self.directory.glob(f"{PREFIX}*"):
             if old != out:
                 shutil.rmtree(old, ignore_errors=True)
         self.last = self.num_timesteps
         return out
-
-
-def latest_checkpoint(directory: Path) -> Path | None:
-    """The newest complete checkpoint (one with ``meta.json``) under ``directory``."""
-    done = sorted(p.parent for p in Path(directory).glob("step-*/meta.json"))
-    return done[-1] if done else None
 
 
 def make_training_env(env_id: str, hp: PPOHyperparams, seed: int) -> VecNormalize:
@@ -262,7 +257,7 @@ def resume_ppo(
     with the saved normalization statistics; refuses a checkpoint of other settings."""
     import pickle
 
-    meta = json.loads((checkpoint / "meta.json").read_text(encoding="utf-8"))
+    meta = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
     changed = changed_settings(meta.get("settings", {}), settings)
     if changed:
         raise CheckpointError(
