@@ -24,7 +24,7 @@ from image_classification.model_io import ModelConfig, build_model, load_model_d
 from image_classification.pipeline import ImageAdapter
 from image_classification.scripts import distill, export_onnx, predict, train_teacher
 from image_classification.student_model.cnn import SmallCNN
-from image_classification.teacher_model.resnet import TappedResNet
+from image_classification.teacher_model.resnet import FlipAveraged, TappedResNet
 
 SMALL = ["--max-train", "384", "--max-test", "200", "--val-size", "200", "--batch-size", "64"]
 
@@ -198,6 +198,8 @@ def test_teacher_trains_and_writes_results(teacher_dir):
     assert results["role"] == "teacher" and results["dataset"] == "fashion-mnist"
     assert 0.2 < results["metrics"]["final"]["test/accuracy"] <= 1.0  # 384 images: > 2x chance
     assert results["student"]["params"] > 11_000_000
+    # Trained with flips: the mirror-averaged teacher distill.py --teacher-flip uses is scored too.
+    assert 0.2 < results["metrics"]["final"]["test_flip_average/accuracy"] <= 1.0
     assert (teacher_dir / "config.json").is_file()
 
 
@@ -216,6 +218,26 @@ def test_a_finished_teacher_is_reused_only_for_the_same_settings_and_data(
     train_teacher.main(other)
     assert "teacher reused" not in capsys.readouterr().out
     assert load_results(out)["extra"]["train_size"] == 320
+
+
+def test_flip_averaged_teacher_is_mirror_invariant_and_distils(teacher_dir, tmp_path):
+    teacher, _ = load_model_dir(teacher_dir)
+    wrapped = FlipAveraged(teacher).eval()
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        direct, mirrored = wrapped(x), wrapped(x.flip(-1))
+        single = teacher(x)["logits"], teacher(x.flip(-1))["logits"]
+    torch.testing.assert_close(direct["logits"], (single[0] + single[1]) / 2)
+    torch.testing.assert_close(mirrored["logits"], direct["logits"])
+    torch.testing.assert_close(mirrored["layer1"], direct["layer1"].flip(-1))
+    assert not torch.allclose(single[0], single[1])  # the two views do differ
+
+    args = [*SMALL, "--teacher", str(teacher_dir), "--epochs", "1", "--student", "tiny"]
+    distill.main([*args, "--methods", "kd+at", "--teacher-flip", "--out-dir", str(tmp_path)])
+    res = load_results(tmp_path / "kd+at" / "seed-0")
+    assert res["teacher"]["name"].endswith("+flip-average")
+    with pytest.raises(ConfigError, match="mirrored digit"):
+        distill.main([*args, "--dataset", "mnist", "--teacher-flip", "--out-dir", str(tmp_path)])
 
 
 @pytest.mark.parametrize("method", ["none", "kd", "fitnet", "at", "dkd", "kd+at"])

@@ -66,6 +66,7 @@ from image_classification.pipeline import (
     speed_report,
 )
 from image_classification.scripts.train_teacher import resolve_augment
+from image_classification.teacher_model.resnet import FlipAveraged
 
 METHODS = ("none", "kd", "fitnet", "at", "dkd")
 # Args that do not change what a run computes: a resumed run may differ in these.
@@ -78,6 +79,10 @@ class Args:
 
     teacher: Path = Path("runs/image-classification/teacher/model")
     """Saved teacher folder (model.safetensors + config.json) from train_teacher.py."""
+    teacher_flip: bool = False
+    """Average the teacher over each image and its mirror image (test-time augmentation; twice
+    the teacher's cost). Only for teachers trained with flips on data whose classes survive a
+    mirror image (Fashion-MNIST, CIFAR; not MNIST digits)."""
     dataset: str | None = None
     """Dataset to distil on; unset: the one the teacher was trained on."""
     data_dir: Path | None = None
@@ -321,7 +326,13 @@ def build_cache(
     key = cache_key(
         teacher_sha256=teacher_digest,
         data_sha256=fingerprint(data.train.images),
-        preprocessing={"mean": data.mean, "std": data.std, "augment": [], "shape": data.shape},
+        preprocessing={
+            "mean": data.mean,
+            "std": data.std,
+            "augment": [],
+            "shape": data.shape,
+            "teacher_flip": args.teacher_flip,
+        },
         outputs=sorted(keys),
     )
     loader = make_loader(data.train, data, 512, shuffle=False)
@@ -372,6 +383,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     teacher, t_cfg = load_model_dir(args.teacher)
     teacher.requires_grad_(False)
     dataset = args.dataset or t_cfg.dataset
+    if args.teacher_flip and dataset == "mnist":
+        raise ConfigError(
+            "--teacher-flip on MNIST: a mirrored digit is another shape (or no digit). "
+            "Use --no-teacher-flip."
+        )
     teacher_val = t_cfg.extra.get("val_size")
     if args.val_size is not None and teacher_val is not None and args.val_size != teacher_val:
         raise ConfigError(
@@ -387,6 +403,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         max_test=args.max_test,
     )
     check_compatible(t_cfg, data, args.teacher)
+    if args.teacher_flip:
+        teacher = FlipAveraged(teacher)
     # The teacher's normalisation, not this subset's: the teacher must see what it learned on.
     data.mean, data.std = list(t_cfg.mean), list(t_cfg.std)
     augment = resolve_augment(args.augment, dataset)
@@ -413,7 +431,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t_taps = tap_shapes(teacher, data.shape)
     t_desc = describe_model(
         teacher,
-        f"{t_cfg.arch}-{t_cfg.stem}",
+        f"{t_cfg.arch}-{t_cfg.stem}" + ("+flip-average" if args.teacher_flip else ""),
         data.shape,
         checkpoint=str(args.teacher),
         sha256=teacher_digest,

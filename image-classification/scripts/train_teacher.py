@@ -31,6 +31,7 @@ from image_classification.pipeline import (
     run_training,
     speed_report,
 )
+from image_classification.teacher_model.resnet import FlipAveraged
 
 
 @dataclass
@@ -167,6 +168,11 @@ def main(argv: list[str] | None = None) -> Path:
         **classification_metrics(*predict_logits(model, test_loader), "test"),
         **state.last_eval,
     }
+    if "flip" in augment and args.dataset != "mnist":
+        # What distill.py --teacher-flip distils from: the teacher over each test image and
+        # its mirror image.
+        flip_logits, test_labels = predict_logits(FlipAveraged(model), test_loader)
+        final.update(classification_metrics(flip_logits, test_labels, "test_flip_average"))
     save_model_dir(model, cfg, model_dir)
     speed = speed_report(model, data.shape)
     desc = describe_model(
@@ -197,6 +203,11 @@ def main(argv: list[str] | None = None) -> Path:
             f"teacher {desc['name']}: test accuracy {100 * final['test/accuracy']:.2f}% "
             f"({len(data.test)} images), {desc['params']:,} params -> {model_dir}"
         )
+        if "test_flip_average/accuracy" in final:
+            print(
+                "  averaged over each image and its mirror image (distill.py --teacher-flip): "
+                f"{100 * final['test_flip_average/accuracy']:.2f}%"
+            )
     return model_dir
 
 

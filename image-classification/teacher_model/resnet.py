@@ -58,3 +58,24 @@ class TappedResNet(nn.Module):
             out[name] = x
         out["logits"] = n.fc(torch.flatten(n.avgpool(x), 1))
         return out
+
+
+class FlipAveraged(nn.Module):
+    """A tapped model averaged over an image and its mirror image (test-time augmentation).
+
+    Logits are averaged as they are; feature maps of the mirrored image are mirrored back
+    first, so both views agree on where things are. The result is invariant to a horizontal
+    flip of the input, which also keeps cached outputs valid for flipped training images.
+    Only for data whose classes survive a mirror image (clothes, CIFAR objects; not digits).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        direct, mirrored = self.model(images), self.model(images.flip(-1))
+        return {
+            k: (v + (mirrored[k].flip(-1) if v.dim() == 4 else mirrored[k])) / 2
+            for k, v in direct.items()
+        }
