@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from common.cache import CachedTeacherAdapter
 from common.callbacks import (
     CheckpointCallback,
     EvaluateCallback,
@@ -48,6 +49,21 @@ class ImageAdapter:
 
     def teacher(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return model(batch["images"])
+
+
+class MirroredCacheAdapter(CachedTeacherAdapter):
+    """Cached outputs of a mirror-invariant teacher (``FlipAveraged``) for batches with
+    random flips: logits hold as they are, feature maps of a mirrored image are mirrored."""
+
+    def teacher(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        out = super().teacher(model, batch)
+        flipped = batch.get("flipped")
+        if flipped is None:
+            return out
+        mirror = flipped.view(-1, 1, 1, 1)
+        return {
+            k: torch.where(mirror, v.flip(-1), v) if v.dim() == 4 else v for k, v in out.items()
+        }
 
 
 class LogitsOnly(nn.Module):

@@ -21,7 +21,7 @@ from common.metrics import count_parameters
 from common.results import load_results
 from image_classification.data.images import DataError, load_dataset, make_loader, read_idx
 from image_classification.model_io import ModelConfig, build_model, load_model_dir, save_model_dir
-from image_classification.pipeline import ImageAdapter
+from image_classification.pipeline import ImageAdapter, MirroredCacheAdapter
 from image_classification.scripts import distill, export_onnx, predict, train_teacher
 from image_classification.student_model.cnn import SmallCNN
 from image_classification.teacher_model.resnet import FlipAveraged, TappedResNet
@@ -354,6 +354,44 @@ def test_cached_teacher_outputs_train_the_same_student_as_the_live_teacher(teach
         # Teacher logits from a batch of 512 vs 64 differ in the last float bits only.
         assert torch.allclose(value, weights[1][key], atol=1e-5), key
         assert torch.equal(weights[1][key], weights[2][key]), key
+
+
+def test_flips_read_mirrored_cached_outputs_of_a_flip_averaged_teacher(teacher_dir, tmp_path):
+    teacher = FlipAveraged(load_model_dir(teacher_dir)[0]).eval()
+    data = load_dataset("fashion-mnist", val_size=200, max_train=64, max_test=10)
+    plain = make_loader(data.train, data, 32, shuffle=False)
+    cache = TeacherOutputCache(
+        compute_outputs(teacher, ImageAdapter().teacher, plain, 64, ["logits", "layer1"])
+    )
+    batch = next(iter(make_loader(data.train, data, 64, shuffle=True, augment=["flip"], seed=3)))
+    assert batch["flipped"].any() and not batch["flipped"].all()
+    got = MirroredCacheAdapter(ImageAdapter()).teacher(cache, batch)
+    with torch.no_grad():
+        want = teacher(batch["images"])
+    torch.testing.assert_close(got["logits"], want["logits"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got["layer1"], want["layer1"], rtol=1e-4, atol=1e-4)
+
+    # End to end: a student trained with flips on cached outputs is the live-teacher student.
+    def run(name: str, *extra: str) -> dict:
+        distill.main(
+            [
+                *SMALL,
+                *("--teacher", str(teacher_dir), "--teacher-flip", "--augment", "flip"),
+                *("--methods", "kd", "--epochs", "2", "--student", "tiny"),
+                *("--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / name)),
+                *extra,
+            ]
+        )
+        return load_results(tmp_path / name / "kd" / "seed-0")
+
+    assert run("live", "--no-cache")["extra"]["teacher_cache"]["enabled"] is False
+    assert run("cached")["extra"]["teacher_cache"]["enabled"] is True
+    live, cached = (
+        load_model_dir(tmp_path / name / "kd" / "seed-0" / "model")[0].state_dict()
+        for name in ("live", "cached")
+    )
+    for key, value in live.items():
+        assert torch.allclose(value, cached[key], atol=1e-5), key
 
 
 def test_labelled_subset_student_alone_sees_only_those_same_steps(

@@ -343,11 +343,16 @@ class BatchBuilder:
             if "flip" in self.augment:
                 flip = torch.rand(len(idx), generator=g) < 0.5
                 images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-        return {
+        batch = {
             "images": normalize(images, self.mean, self.std),
             "labels": self.split.labels[idx],
             "index": idx,
         }
+        if "flip" in self.augment:
+            # Which images are mirrored: cached outputs of a mirror-invariant teacher stay
+            # valid for them once their feature maps are mirrored too.
+            batch["flipped"] = flip
+        return batch
 
 
 def _random_crop(images: Tensor, pad: int, generator: torch.Generator | None = None) -> Tensor:

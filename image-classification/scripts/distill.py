@@ -34,7 +34,6 @@ from torch import Tensor, nn
 
 from common.cache import (
     AUGMENTATION_REASON,
-    CachedTeacherAdapter,
     TeacherOutputCache,
     cache_key,
     compute_outputs,
@@ -59,6 +58,7 @@ from image_classification.data.images import ImageData, Split, load_dataset, mak
 from image_classification.model_io import ModelConfig, build_model, load_model_dir, save_model_dir
 from image_classification.pipeline import (
     ImageAdapter,
+    MirroredCacheAdapter,
     TrainSpec,
     describe_model,
     predict_logits,
@@ -320,7 +320,9 @@ def build_cache(
         return None, {"enabled": False, "reason": "no method reads the teacher"}
     if not args.cache:
         return None, {"enabled": False, "reason": "turned off (--no-cache)"}
-    if augment:
+    # A mirror-invariant teacher gives a mirrored image the outputs of the original (feature
+    # maps mirrored), so flips alone keep the cache valid; crops do not.
+    if augment and not (args.teacher_flip and set(augment) == {"flip"}):
         print(AUGMENTATION_REASON)
         return None, {"enabled": False, "reason": AUGMENTATION_REASON}
     key = cache_key(
@@ -506,7 +508,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 teacher=(cache if cached else teacher) if method_keys[method] else None,
                 config=settings,
                 teacher_val_logits=t_val_logits,
-                adapter=CachedTeacherAdapter(ImageAdapter()) if cached else None,
+                adapter=MirroredCacheAdapter(ImageAdapter()) if cached else None,
             )
             s_logits, _ = predict_logits(student, test_loader)
             final = {
