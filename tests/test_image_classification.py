@@ -513,6 +513,12 @@ def test_predict_on_png_and_bad_images(teacher_dir, tmp_path):
     with pytest.raises(DataError, match="3 channel"):
         predict.predict(teacher_dir, [rgb])
     assert len(predict.predict(teacher_dir, [big, rgb], resize=True)) == 2
+    # Averaged over an image and its mirror image, the two files get the same answer.
+    mirror = tmp_path / "mirror.png"
+    Image.fromarray(np.asarray(Image.open(png))[:, ::-1].copy()).save(mirror)
+    a, b = predict.predict(teacher_dir, [png, mirror], top_k=10, flip_average=True)
+    assert [c for c, _ in a["top"]] == [c for c, _ in b["top"]]
+    assert np.allclose([p for _, p in a["top"]], [p for _, p in b["top"]], atol=1e-5)
 
 
 def test_onnx_export_matches_pytorch(tmp_path):

@@ -14,6 +14,7 @@ import torch
 from common.cli import parse_args, run_main
 from image_classification.data.images import load_image, normalize
 from image_classification.model_io import load_model_dir
+from image_classification.teacher_model.resnet import FlipAveraged
 
 
 @dataclass
@@ -29,15 +30,24 @@ class Args:
     resize: bool = False
     """Convert images of another size or channel count to the model's input instead of
     refusing them."""
+    flip_average: bool = False
+    """Average the model over each image and its mirror image (the teacher distill.py
+    --teacher-flip distils from; not for digits)."""
     json: bool = False
     """Print one JSON object per image instead of text."""
 
 
 def predict(
-    model_dir: Path, images: list[Path], top_k: int = 3, resize: bool = False
+    model_dir: Path,
+    images: list[Path],
+    top_k: int = 3,
+    resize: bool = False,
+    flip_average: bool = False,
 ) -> list[dict]:
     """``[{"file", "top": [(class, probability), ...]}]`` for each image, best first."""
     model, cfg = load_model_dir(model_dir)
+    if flip_average:
+        model = FlipAveraged(model).eval()
     batch = torch.stack(
         [
             load_image(
@@ -60,7 +70,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(Args, argv)
     if not args.images:
         raise SystemExit("give image files with --images a.png [b.png ...]")
-    out = predict(args.model, [Path(p) for p in args.images], args.top_k, args.resize)
+    out = predict(
+        args.model, [Path(p) for p in args.images], args.top_k, args.resize, args.flip_average
+    )
     for row in out:
         if args.json:
             print(json.dumps(row))
