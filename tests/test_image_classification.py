@@ -240,6 +240,17 @@ def test_flip_averaged_teacher_is_mirror_invariant_and_distils(teacher_dir, tmp_
         distill.main([*args, "--dataset", "mnist", "--teacher-flip", "--out-dir", str(tmp_path)])
 
 
+def test_teacher_flip_warns_about_a_teacher_trained_without_flips(teacher_dir, tmp_path, capsys):
+    copy = tmp_path / "teacher"
+    shutil.copytree(teacher_dir, copy / "model")
+    results = json.loads((teacher_dir.parent / "results.json").read_text())
+    results["extra"]["augment"] = ["crop"]
+    (copy / "results.json").write_text(json.dumps(results))
+    args = [*SMALL, "--teacher", str(copy / "model"), "--epochs", "1", "--student", "tiny"]
+    distill.main([*args, "--methods", "none", "--teacher-flip", "--out-dir", str(tmp_path / "r")])
+    assert "trained without flips" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("method", ["none", "kd", "fitnet", "at", "dkd", "kd+at"])
 def test_each_method_runs_end_to_end(teacher_dir, tmp_path, method):
     summary = distill.main(
@@ -371,27 +382,28 @@ def test_flips_read_mirrored_cached_outputs_of_a_flip_averaged_teacher(teacher_d
     torch.testing.assert_close(got["logits"], want["logits"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got["layer1"], want["layer1"], rtol=1e-4, atol=1e-4)
 
-    # End to end: a student trained with flips on cached outputs is the live-teacher student.
+    # End to end: a student trained with flips on cached outputs (logits and attention maps)
+    # is the live-teacher student, up to the cache's float16 maps.
     def run(name: str, *extra: str) -> dict:
         distill.main(
             [
                 *SMALL,
                 *("--teacher", str(teacher_dir), "--teacher-flip", "--augment", "flip"),
-                *("--methods", "kd", "--epochs", "2", "--student", "tiny"),
+                *("--methods", "kd+at", "--epochs", "2", "--student", "tiny"),
                 *("--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / name)),
                 *extra,
             ]
         )
-        return load_results(tmp_path / name / "kd" / "seed-0")
+        return load_results(tmp_path / name / "kd+at" / "seed-0")
 
     assert run("live", "--no-cache")["extra"]["teacher_cache"]["enabled"] is False
     assert run("cached")["extra"]["teacher_cache"]["enabled"] is True
     live, cached = (
-        load_model_dir(tmp_path / name / "kd" / "seed-0" / "model")[0].state_dict()
+        load_model_dir(tmp_path / name / "kd+at" / "seed-0" / "model")[0].state_dict()
         for name in ("live", "cached")
     )
     for key, value in live.items():
-        assert torch.allclose(value, cached[key], atol=1e-5), key
+        assert torch.allclose(value, cached[key], atol=1e-3), key
 
 
 def test_labelled_subset_student_alone_sees_only_those_same_steps(
@@ -516,9 +528,14 @@ def test_predict_on_png_and_bad_images(teacher_dir, tmp_path):
     # Averaged over an image and its mirror image, the two files get the same answer.
     mirror = tmp_path / "mirror.png"
     Image.fromarray(np.asarray(Image.open(png))[:, ::-1].copy()).save(mirror)
+
+    def probs(row: dict) -> list[float]:
+        return [p for _, p in sorted(row["top"])]  # by class name
+
+    a, b = predict.predict(teacher_dir, [png, mirror], top_k=10)
+    assert not np.allclose(probs(a), probs(b), atol=1e-4)  # one view: they differ
     a, b = predict.predict(teacher_dir, [png, mirror], top_k=10, flip_average=True)
-    assert [c for c, _ in a["top"]] == [c for c, _ in b["top"]]
-    assert np.allclose([p for _, p in a["top"]], [p for _, p in b["top"]], atol=1e-5)
+    assert np.allclose(probs(a), probs(b), atol=1e-6)
 
 
 def test_onnx_export_matches_pytorch(tmp_path):
