@@ -559,7 +559,7 @@ def test_benchmark_measures_every_configuration(teacher_dir, tmp_path, capsys):
             "--teacher", str(teacher_dir), "--images", "256", "--batch-size", "64",
             "--warmup-steps", "1", "--steps", "3", "--threads", "1",
             "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "b.json"),
-            "--main-job", str(tmp_path / "absent.json"),
+            "--main-job", str(tmp_path / "absent.json"), "--teacher-flip",
         ]
     )  # fmt: skip
     assert set(out["steps"]) == set(CONFIGS)
@@ -568,5 +568,8 @@ def test_benchmark_measures_every_configuration(teacher_dir, tmp_path, capsys):
     assert out["steps"]["kd, warm cache"]["cache"]["examples"] == 256
     assert out["steps"]["student alone"]["cache"] is None
     assert out["ratios"]["throughput_student_over_teacher"] > 1  # a 1/300 model is faster
+    flip = out["inference"]["teacher_flip_average"]
+    assert flip["throughput"] > 0 and flip["latency_b1_ms"] > 0 and flip["batch"] == 256
     assert json.loads((tmp_path / "b.json").read_text())["ratios"] == out["ratios"]
-    assert "kd, warm cache" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "kd, warm cache" in printed and "Flip-averaged teacher" in printed

@@ -50,6 +50,9 @@ class Args:
     """Where the figures are written as JSON."""
     main_job: Path = Path("runs/quick/main_job.json")
     """The main job's record, for its total wall time (skipped when absent)."""
+    teacher_flip: bool = False
+    """Also time the teacher averaged over each image and its mirror image (distill.py
+    --teacher-flip) in the same inference process."""
 
 
 def _measure(config: str, args: Args) -> dict[str, Any]:
@@ -138,7 +141,12 @@ def _inference(args: Args) -> dict[str, Any]:
     teacher, t_cfg = load_model_dir(args.teacher)
     shape = (t_cfg.in_channels, *t_cfg.image_size)
     student = build_model(dataclasses.replace(t_cfg, family="cnn", arch=args.student))
-    return {"teacher": speed_report(teacher, shape), "student": speed_report(student, shape)}
+    speed = {"teacher": speed_report(teacher, shape), "student": speed_report(student, shape)}
+    if args.teacher_flip:
+        from image_classification.teacher_model.resnet import FlipAveraged
+
+        speed["teacher_flip_average"] = speed_report(FlipAveraged(teacher), shape)
+    return speed
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -155,6 +163,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     speed = in_fresh_process(_inference, args)
     results.update(steps=steps, inference=speed)
     results["ratios"] = summarize(steps, speed, f"{args.batch_size} images", "img/s")
+    if "teacher_flip_average" in speed:
+        t, s = speed["teacher_flip_average"], speed["student"]
+        results["ratios"]["throughput_student_over_flip_teacher"] = (
+            s["throughput"] / t["throughput"]
+        )
+        print(
+            f"Flip-averaged teacher: batch-1 latency {t['latency_b1_ms']:.2f} ms, batch-"
+            f"{t['batch']} throughput {t['throughput']:.0f} img/s (student "
+            f"{results['ratios']['throughput_student_over_flip_teacher']:.1f}x)"
+        )
     if args.main_job.is_file():
         results["main_job_total_s"] = json.loads(args.main_job.read_text())["total_s"]
         print(f"Main job wall time ({args.main_job}): {results['main_job_total_s'] / 60:.1f} min")
