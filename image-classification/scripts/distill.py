@@ -67,7 +67,7 @@ from image_classification.pipeline import (
     speed_report,
 )
 from image_classification.scripts.train_teacher import resolve_augment
-from image_classification.teacher_model.resnet import FlipAveraged
+from image_classification.teacher_model.resnet import flip_averaged
 
 METHODS = ("none", "kd", "fitnet", "at", "dkd")
 # Args that do not change what a run computes: a resumed run may differ in these.
@@ -395,11 +395,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     teacher, t_cfg = load_model_dir(args.teacher)
     teacher.requires_grad_(False)
     dataset = args.dataset or t_cfg.dataset
-    if args.teacher_flip and dataset == "mnist":
-        raise ConfigError(
-            "--teacher-flip on MNIST: a mirrored digit is another shape (or no digit). "
-            "Use --no-teacher-flip."
-        )
+    if args.teacher_flip:
+        teacher = flip_averaged(teacher, dataset)
+        trained = args.teacher.parent / "results.json"
+        if trained.is_file() and "flip" not in load_results(trained)["extra"].get(
+            "augment", ["flip"]
+        ):
+            print(
+                f"warning: --teacher-flip, but the teacher in {args.teacher} was trained without "
+                "flips: it may never have seen mirrored images"
+            )
     teacher_val = t_cfg.extra.get("val_size")
     if args.val_size is not None and teacher_val is not None and args.val_size != teacher_val:
         raise ConfigError(
@@ -415,16 +420,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         max_test=args.max_test,
     )
     check_compatible(t_cfg, data, args.teacher)
-    if args.teacher_flip:
-        teacher = FlipAveraged(teacher)
-        trained = args.teacher.parent / "results.json"
-        if trained.is_file() and "flip" not in load_results(trained.parent)["extra"].get(
-            "augment", ["flip"]
-        ):
-            print(
-                f"warning: --teacher-flip, but the teacher in {args.teacher} was trained without "
-                "flips: it may never have seen mirrored images"
-            )
     # The teacher's normalisation, not this subset's: the teacher must see what it learned on.
     data.mean, data.std = list(t_cfg.mean), list(t_cfg.std)
     augment = resolve_augment(args.augment, dataset)

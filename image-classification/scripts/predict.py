@@ -12,10 +12,9 @@ from pathlib import Path
 import torch
 
 from common.cli import parse_args, run_main
-from common.errors import ConfigError
 from image_classification.data.images import load_image, normalize
 from image_classification.model_io import load_model_dir
-from image_classification.teacher_model.resnet import FlipAveraged
+from image_classification.teacher_model.resnet import flip_averaged
 
 
 @dataclass
@@ -48,9 +47,7 @@ def predict(
     """``[{"file", "top": [(class, probability), ...]}]`` for each image, best first."""
     model, cfg = load_model_dir(model_dir)
     if flip_average:
-        if cfg.dataset == "mnist":
-            raise ConfigError("--flip-average on MNIST: a mirrored digit is another shape")
-        model = FlipAveraged(model).eval()
+        model = flip_averaged(model, cfg.dataset).eval()
     batch = torch.stack(
         [
             load_image(

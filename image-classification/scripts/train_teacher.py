@@ -31,7 +31,7 @@ from image_classification.pipeline import (
     run_training,
     speed_report,
 )
-from image_classification.teacher_model.resnet import FlipAveraged
+from image_classification.teacher_model.resnet import MIRROR_UNSAFE, FlipAveraged
 
 
 @dataclass
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> Path:
         **classification_metrics(*predict_logits(model, test_loader), "test"),
         **state.last_eval,
     }
-    if "flip" in augment and args.dataset != "mnist":
+    if "flip" in augment and args.dataset not in MIRROR_UNSAFE:
         # What distill.py --teacher-flip distils from: the teacher over each test image and
         # its mirror image.
         flip_logits, test_labels = predict_logits(FlipAveraged(model), test_loader)

@@ -8,6 +8,8 @@ import torch
 from torch import Tensor, nn
 from torchvision import models
 
+from common.errors import ConfigError
+
 Stem = Literal["small", "cifar", "imagenet"]
 ARCHS = ("resnet18", "resnet34", "resnet50")
 TAPS = ("layer1", "layer2", "layer3", "layer4")
@@ -79,3 +81,17 @@ class FlipAveraged(nn.Module):
             k: (v + (mirrored[k].flip(-1) if v.dim() == 4 else mirrored[k])) / 2
             for k, v in direct.items()
         }
+
+
+#: Datasets whose classes do not survive a mirror image (a mirrored 2 is not a 2).
+MIRROR_UNSAFE = frozenset({"mnist"})
+
+
+def flip_averaged(model: nn.Module, dataset: str) -> FlipAveraged:
+    """``FlipAveraged(model)``, refused for datasets in :data:`MIRROR_UNSAFE`."""
+    if dataset in MIRROR_UNSAFE:
+        raise ConfigError(
+            f"averaging over mirror images on {dataset}: a mirrored digit is another shape (or "
+            "no digit). Leave the flip option off."
+        )
+    return FlipAveraged(model)
