@@ -66,8 +66,9 @@ class FlipAveraged(nn.Module):
     """A tapped model averaged over an image and its mirror image (test-time augmentation).
 
     Logits are averaged as they are; feature maps of the mirrored image are mirrored back
-    first, so both views agree on where things are. The result is invariant to a horizontal
-    flip of the input, which also keeps cached outputs valid for flipped training images.
+    first, so both views roughly agree on where things are (a stride-2 conv on an even width
+    is not symmetric: the two views sit up to a pixel apart). The result is exactly invariant
+    to a horizontal flip of the input, which keeps cached outputs valid for flipped images.
     Only for data whose classes survive a mirror image (clothes, CIFAR objects; not digits).
     """
 
