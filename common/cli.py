@@ -167,11 +167,18 @@ def args_dict(args: Any, exclude: Sequence[str] = ()) -> dict[str, Any]:
 
 def run_main(main: Callable[[], object]) -> None:
     """Run a script's ``main()``; a :class:`~common.errors.DistilleryError` (bad input the
-    user can fix) prints its message alone, not a traceback, and exits with status 2."""
+    user can fix) prints its message alone, not a traceback, and exits with status 2.
+    Under ``accelerate launch`` the process group is torn down on the way out."""
     from common.errors import DistilleryError
+    from common.training import shutdown_distributed
 
     try:
         main()
     except DistilleryError as err:
+        shutdown_distributed(wait=False)
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except BaseException:
+        shutdown_distributed(wait=False)
+        raise
+    shutdown_distributed()

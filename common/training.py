@@ -120,6 +120,22 @@ def make_accelerator(
     )
 
 
+def shutdown_distributed(*, wait: bool = True) -> None:
+    """End an ``accelerate launch`` group cleanly: wait for every process (``wait``), then
+    destroy the process group. A no-op in a single process.
+
+    Why: a gloo process that reaches interpreter exit with its group still alive can abort
+    ("terminate called without an active exception") while another rank is still writing
+    results, and the launcher then kills the whole group. Skip the wait after an error:
+    the other ranks may never reach the barrier.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if wait:
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
 def is_main_process() -> bool:
     """True in a single process, and in process 0 of an ``accelerate launch`` group: the one
     that writes shared files (results, saved models, summaries) and prints reports."""

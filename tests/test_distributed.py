@@ -95,3 +95,22 @@ def test_image_distill_runs_under_two_processes(tmp_path):
     res = json.loads((tmp_path / "d" / "kd" / "seed-0" / "results.json").read_text())
     # 256 images, 2 processes x 64 per process = 128 per step: 2 steps, 256 examples.
     assert res["budget"] == {"epochs": 1, "steps": 2, "examples": 256}
+
+
+def test_shutdown_distributed_tears_the_group_down(tmp_path):
+    """run_main ends every script with this: a gloo group left alive at interpreter exit can
+    abort one rank (seen once in CI: "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    from common.training import shutdown_distributed
+
+    shutdown_distributed()  # single process, no group: nothing to do, no error
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        shutdown_distributed()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

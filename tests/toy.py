@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from common.callbacks import Callback, CheckpointCallback, EvaluateCallback, JsonlLogger
+from common.cli import run_main
 from common.losses import build_loss
 from common.training import DistillationLoop, LoopConfig, make_accelerator, trainable_parameters
 
@@ -133,4 +134,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
