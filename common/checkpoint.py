@@ -191,11 +191,15 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def changed_settings(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
-    """Top-level keys whose values differ between saved settings (read back from JSON) and
-    the wanted ones, compared as JSON would store them (tuples become lists)."""
+def changed_settings(
+    saved: Mapping[str, Any], wanted: Mapping[str, Any]
+) -> dict[str, tuple[Any, Any]]:
+    """``{key: (saved value, wanted value)}`` for the top-level keys that differ between saved
+    settings (read back from JSON) and the wanted ones, compared as JSON would store them
+    (tuples become lists); sorted by key, empty when nothing changed."""
     wanted = json.loads(json.dumps(dict(wanted)))
-    return sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+    keys = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+    return {k: (saved.get(k), wanted.get(k)) for k in keys}
 
 
 def load_checkpoint(
@@ -223,11 +227,9 @@ def load_checkpoint(
         )
     meta = json.loads(state_file.read_text(encoding="utf-8"))
     if config is not None:
-        saved = meta.get("config", {})
-        wanted = json.loads(json.dumps(dict(config)))
-        changed = changed_settings(saved, config)
+        changed = changed_settings(meta.get("config", {}), config)
         if changed:
-            diff = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}" for k in changed)
+            diff = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             raise CheckpointError(
                 f"checkpoint {path} was written with other settings ({diff}); resume with the "
                 "same settings, or start afresh in a new run directory"
