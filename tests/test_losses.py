@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,15 +14,22 @@ from torch.distributions import Normal, kl_divergence
 from common.errors import ConfigError, ShapeMismatchError
 from common.losses import (
     LOSSES,
+    CombinedLoss,
+    CrossEntropyTerm,
+    KDTerm,
+    LossTerm,
+    Reads,
     Registry,
     attention_kl_loss,
     attention_loss,
     build_loss,
+    dist_loss,
     dkd_loss,
     gaussian_policy_kl,
     hint_loss,
     kd_ce_loss,
     kd_loss,
+    lskd_loss,
     make_regressor,
     parse_loss_spec,
     policy_distillation_loss,
@@ -33,17 +42,30 @@ def _attn(b=B, h=2, n=4):
     return torch.randn(b, h, n, n).softmax(-1)
 
 
-# Inputs for every registered term: (constructor options, student outputs, teacher outputs,
-# batch). A newly registered loss without an entry here fails test_every_loss_has_inputs.
-def _inputs(name: str, g: torch.Generator):
+# Inputs for every registered term, with the minimal options it needs: name -> (constructor
+# options, student outputs, teacher outputs, batch). A newly registered loss without an
+# entry here fails test_every_loss_has_inputs: add one when you add a loss.
+def _table(g: torch.Generator) -> dict[str, tuple[dict, dict, dict | None, dict]]:
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
     labels = torch.randint(0, C, (B,), generator=g)
-    table = {
+    token_mask = torch.ones(B, 4)
+    token_mask[:, -1] = 0  # one padded position per sequence
+    return {
         "ce": ({}, {"logits": r(B, C)}, None, {"labels": labels}),
         "kd": ({"temperature": 3.0}, {"logits": r(B, C)}, {"logits": r(B, C)}, {}),
         "dkd": ({}, {"logits": r(B, C)}, {"logits": r(B, C)}, {"labels": labels}),
-        "hint": ({}, {"hint": r(B, 3, 4, 4)}, {"hint": r(B, 3, 4, 4)}, {}),
-        "at": ({}, {"hint": r(B, 3, 4, 4)}, {"hint": r(B, 3, 4, 4)}, {}),
+        "hint": (
+            {"mask_key": "mask"},
+            {"hint": r(B, 4, 3)},
+            {"hint": r(B, 4, 3)},
+            {"mask": token_mask},
+        ),
+        "at": (
+            {"student_keys": ["hint", "hint2"], "teacher_keys": ["hint", "hint2"]},
+            {"hint": r(B, 3, 4, 4), "hint2": r(B, 5, 2, 2)},
+            {"hint": r(B, 3, 4, 4), "hint2": r(B, 5, 2, 2)},
+            {},
+        ),
         "attention_kl": (
             {},
             {"attention": _attn()},
@@ -57,17 +79,31 @@ def _inputs(name: str, g: torch.Generator):
             {"mean": r(B, 2), "log_std": r(2) * 0.3},
             {},
         ),
+        "dist": ({}, {"logits": r(B, C)}, {"logits": r(B, C)}, {}),
+        "lskd": ({}, {"logits": r(B, C)}, {"logits": r(B, C)}, {}),
     }
-    return table[name]
+
+
+def _inputs(name: str, g: torch.Generator):
+    return _table(g)[name]
+
+
+def _term(name: str):
+    """The registered term ``name`` built with its table options."""
+    opts = _table(torch.Generator().manual_seed(0))[name][0]
+    return LOSSES.get(name)(**opts)
+
+
+_TABLED = sorted(set(LOSSES.names()) & set(_table(torch.Generator())))
+_TEACHER_TERMS = [n for n in _TABLED if _term(n).needs_teacher]
 
 
 def test_every_loss_has_inputs():
-    g = torch.Generator().manual_seed(0)
-    for name in LOSSES.names():
-        _inputs(name, g)  # KeyError names the loss that lacks test inputs
+    missing = sorted(set(LOSSES.names()) - set(_table(torch.Generator())))
+    assert not missing, f"add an entry to _table in tests/test_losses.py for {missing}"
 
 
-@pytest.mark.parametrize("name", LOSSES.names())
+@pytest.mark.parametrize("name", _TABLED)
 def test_registered_loss_is_finite_scalar(name):
     g = torch.Generator().manual_seed(1)
     opts, s, t, batch = _inputs(name, g)
@@ -77,7 +113,7 @@ def test_registered_loss_is_finite_scalar(name):
     assert value.item() >= -1e-6  # every term here is a divergence, a distance or a NLL
 
 
-@pytest.mark.parametrize("name", [n for n in LOSSES.names() if LOSSES.get(n).needs_teacher])
+@pytest.mark.parametrize("name", _TEACHER_TERMS)
 def test_registered_loss_is_zero_when_student_equals_teacher(name):
     g = torch.Generator().manual_seed(2)
     opts, _, t, batch = _inputs(name, g)
@@ -86,7 +122,7 @@ def test_registered_loss_is_zero_when_student_equals_teacher(name):
     assert value.item() == pytest.approx(0.0, abs=1e-5)
 
 
-@pytest.mark.parametrize("name", [n for n in LOSSES.names() if LOSSES.get(n).needs_teacher])
+@pytest.mark.parametrize("name", _TEACHER_TERMS)
 def test_gradients_reach_only_the_student(name):
     g = torch.Generator().manual_seed(3)
     opts, s, t, batch = _inputs(name, g)
@@ -95,6 +131,75 @@ def test_gradients_reach_only_the_student(name):
     build_loss({name: 1.0}, {name: opts})(s, t, batch).total.backward()
     assert all(v.grad is not None and v.grad.abs().sum() > 0 for v in s.values())
     assert all(v.grad is None for v in t.values())
+
+
+@pytest.mark.parametrize("name", _TABLED)
+def test_term_reads_exactly_the_keys_it_declares(name):
+    opts, s, t, batch = _inputs(name, torch.Generator().manual_seed(15))
+    term = LOSSES.get(name)(**opts)
+    reads = term.reads()
+    given = {"student": s, "teacher": t or {}, "batch": batch}
+    exact = {}
+    for who, mapping in given.items():
+        declared = getattr(reads, who)
+        assert isinstance(declared, frozenset)
+        assert declared <= set(mapping), f"{name} declares {who} keys the table lacks"
+        exact[who] = {k: mapping[k] for k in declared}
+
+    def call(outputs):
+        # A term that reads nothing from the teacher must run without teacher outputs.
+        teacher = outputs["teacher"] if reads.teacher else None
+        return term(outputs["student"], teacher, outputs["batch"])
+
+    assert torch.isfinite(call(exact))  # undeclared reads would raise ConfigError here
+    for who in given:
+        for key in getattr(reads, who):
+            partial = {w: dict(m) for w, m in exact.items()}
+            del partial[who][key]
+            with pytest.raises(ConfigError, match=re.escape(f"needs {who} output {key!r}")):
+                call(partial)
+
+
+def test_reads_follow_the_key_options():
+    assert build_loss("hint").reads() == Reads(frozenset({"hint"}), frozenset({"hint"}))
+    hint = build_loss(
+        "hint", {"hint": {"student_key": "s", "teacher_key": "t", "mask_key": "m"}}
+    ).reads()
+    assert hint == Reads(frozenset({"s"}), frozenset({"t"}), frozenset({"m"}))
+    at = build_loss("at", {"at": {"student_keys": ["a", "b"], "teacher_keys": ["c", "d"]}})
+    assert at.reads() == Reads(frozenset({"a", "b"}), frozenset({"c", "d"}))
+    assert build_loss("attention_kl", {"attention_kl": {"mask_key": None}}).reads().batch == set()
+
+
+def test_needs_teacher_comes_from_reads():
+    assert build_loss("ce").needs_teacher is False
+    assert build_loss("kd=0.5,ce=0.5").needs_teacher is True
+    assert CrossEntropyTerm().needs_teacher is False
+    assert KDTerm().needs_teacher is True
+
+
+def test_combined_loss_reads_the_union_of_its_terms():
+    loss = build_loss("kd=0.5,ce=0.5,hint=1", {"hint": {"mask_key": "mask"}})
+    assert loss.reads() == Reads(
+        student=frozenset({"logits", "hint"}),
+        teacher=frozenset({"logits", "hint"}),
+        batch=frozenset({"labels", "mask"}),
+    )
+    a = Reads(student=frozenset({"x"}), batch=frozenset({"y"}))
+    b = Reads(student=frozenset({"z"}), teacher=frozenset({"x"}))
+    assert a | b == Reads(frozenset({"x", "z"}), frozenset({"x"}), frozenset({"y"}))
+    assert a | Reads() == a
+
+
+def test_a_term_without_reads_says_to_declare_them():
+    class Undeclared(LossTerm):
+        def forward(self, student, teacher, batch):
+            return torch.zeros(())
+
+    with pytest.raises(NotImplementedError, match=r"Undeclared must declare what it reads"):
+        _ = Undeclared().needs_teacher
+    with pytest.raises(NotImplementedError, match="reads"):
+        _ = CombinedLoss({"u": Undeclared()}, {"u": 1.0}).needs_teacher
 
 
 def test_kd_loss_matches_written_out_kl_times_t_squared():
@@ -328,3 +433,139 @@ def test_losses_are_finite_for_extreme_logits():
     assert math.isfinite(dkd_loss(big, -big, y).item())
     assert math.isfinite(policy_distillation_loss(big, -big, 0.01).item())
     assert F.cross_entropy(big, y).item() == pytest.approx(0.0)
+
+
+# DIST and LSKD against numpy written from the papers' formulas (float64).
+
+
+def _np_softmax(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _np_pearson_rows(a, b, eps=1e-8):
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + eps)
+
+
+def _np_dist(s, t, temperature, beta, gamma):
+    ps, pt = _np_softmax(s / temperature), _np_softmax(t / temperature)
+    inter = 1 - _np_pearson_rows(ps, pt).mean()  # rows: examples
+    intra = 1 - _np_pearson_rows(ps.T, pt.T).mean()  # columns: classes
+    return temperature**2 * (beta * inter + gamma * intra)
+
+
+def _np_lskd(s, t, temperature):
+    def zscore(z):  # np.std defaults to the population std (ddof=0)
+        return (z - z.mean(axis=-1, keepdims=True)) / (z.std(axis=-1, keepdims=True) + 1e-7)
+
+    ps, pt = _np_softmax(zscore(s) / temperature), _np_softmax(zscore(t) / temperature)
+    return temperature**2 * (pt * (np.log(pt) - np.log(ps))).sum(axis=-1).mean()
+
+
+def _logit_pair(seed=16, shape=(5, 4)):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=shape) * 2.0, rng.normal(size=shape) * 3.0
+
+
+@pytest.mark.parametrize("temperature, beta, gamma", [(1.0, 1.0, 1.0), (2.0, 0.5, 2.0)])
+def test_dist_matches_numpy_reference(temperature, beta, gamma):
+    s, t = _logit_pair()
+    got = dist_loss(
+        torch.tensor(s, dtype=torch.float32),
+        torch.tensor(t, dtype=torch.float32),
+        temperature,
+        beta,
+        gamma,
+    )
+    assert got.item() == pytest.approx(_np_dist(s, t, temperature, beta, gamma), rel=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_lskd_matches_numpy_reference(temperature):
+    s, t = _logit_pair()
+    got = lskd_loss(
+        torch.tensor(s, dtype=torch.float32), torch.tensor(t, dtype=torch.float32), temperature
+    )
+    assert got.item() == pytest.approx(_np_lskd(s, t, temperature), rel=1e-5)
+
+
+def test_dist_and_lskd_flatten_positions_to_rows():
+    s, t = (torch.tensor(x, dtype=torch.float32) for x in _logit_pair(shape=(6, 4)))
+    for loss in (dist_loss, lskd_loss):
+        flat = loss(s, t).item()
+        assert loss(s.view(2, 3, 4), t.view(2, 3, 4)).item() == pytest.approx(flat, rel=1e-6)
+        with pytest.raises(ShapeMismatchError, match="class count"):
+            loss(s, t[:, :3])
+
+
+def test_dist_and_lskd_are_zero_for_identical_logits():
+    s, _ = _logit_pair()
+    z = torch.tensor(s, dtype=torch.float32)
+    assert dist_loss(z, z.clone()).item() == pytest.approx(0.0, abs=1e-5)
+    assert lskd_loss(z, z.clone()).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_dist_with_zero_weights_is_zero():
+    s, t = (torch.tensor(x, dtype=torch.float32) for x in _logit_pair())
+    assert dist_loss(s, t, 2.0, beta=0.0, gamma=0.0).item() == 0.0
+
+
+def test_dist_weights_split_inter_and_intra():
+    s, t = (torch.tensor(x, dtype=torch.float32) for x in _logit_pair())
+    inter = dist_loss(s, t, beta=1.0, gamma=0.0).item()
+    intra = dist_loss(s, t, beta=0.0, gamma=1.0).item()
+    assert dist_loss(s, t, beta=0.3, gamma=2.0).item() == pytest.approx(
+        0.3 * inter + 2.0 * intra, rel=1e-6
+    )
+
+
+def test_lskd_ignores_each_vectors_shift_and_scale():
+    s, t = (torch.tensor(x, dtype=torch.float32) for x in _logit_pair())
+    g = torch.Generator().manual_seed(17)
+
+    def move(z):  # a positive scale and a shift of its own for every row
+        return z * (torch.rand(5, 1, generator=g) * 4 + 0.25) + torch.randn(5, 1, generator=g) * 10
+
+    base = lskd_loss(s, t, 3.0).item()
+    moved = lskd_loss(move(s), move(t), 3.0).item()
+    assert moved == pytest.approx(base, rel=1e-5)
+    # Plain KD is not invariant: scaling the student's logits changes it.
+    assert kd_loss(s * 3.0, t, 3.0).item() != pytest.approx(kd_loss(s, t, 3.0).item(), rel=1e-2)
+
+
+def test_dist_and_lskd_grad_student_only_and_finite_for_constant_rows():
+    s, t = (torch.tensor(x, dtype=torch.float32) for x in _logit_pair())
+    s[0] = 0.0  # a constant row: zero centred vector / zero std
+    for loss in (dist_loss, lskd_loss):
+        student = s.clone().requires_grad_(True)
+        teacher = t.clone().requires_grad_(True)
+        value = loss(student, teacher)
+        value.backward()
+        assert torch.isfinite(value)
+        assert student.grad is not None and torch.isfinite(student.grad).all()
+        assert student.grad.abs().sum() > 0
+        assert teacher.grad is None
+
+
+@pytest.mark.parametrize(
+    "name, options, match",
+    [
+        ("dist", {"temperature": 0.0}, "temperature must be a number > 0"),
+        ("dist", {"temperature": -1.0}, "temperature"),
+        ("dist", {"temperature": float("inf")}, "temperature"),
+        ("dist", {"beta": -0.5}, "beta must be a number >= 0, e.g. 1.0"),
+        ("dist", {"gamma": float("nan")}, "gamma"),
+        ("lskd", {"temperature": 0.0}, "temperature must be a number > 0, e.g. 2.0"),
+        ("lskd", {"temperature": float("nan")}, "temperature"),
+    ],
+)
+def test_dist_and_lskd_reject_bad_options(name, options, match):
+    with pytest.raises(ConfigError, match=match):
+        build_loss(name, {name: options})
+    with pytest.raises(ConfigError, match=match):
+        LOSSES.get(name)(**options)
+    s = torch.zeros(2, 3)
+    with pytest.raises(ConfigError, match=match):
+        (dist_loss if name == "dist" else lskd_loss)(s, s, **options)

@@ -10,8 +10,10 @@ from common.losses.attention import (
     attention_loss,
     attention_map,
 )
+from common.losses.dist import DISTTerm, dist_loss, pearson_rows
 from common.losses.hint import HintTerm, hint_loss, make_regressor
 from common.losses.kd import CrossEntropyTerm, DKDTerm, KDTerm, dkd_loss, kd_ce_loss, kd_loss
+from common.losses.lskd import LSKDTerm, lskd_loss, standardize_logits
 from common.losses.policy import (
     GaussianPolicyKLTerm,
     PolicyDistillationTerm,
@@ -23,6 +25,7 @@ from common.losses.registry import (
     CombinedLoss,
     LossOutput,
     LossTerm,
+    Reads,
     Registry,
     build_loss,
     parse_loss_spec,
@@ -34,24 +37,31 @@ __all__ = [
     "AttentionTransferTerm",
     "CombinedLoss",
     "CrossEntropyTerm",
+    "DISTTerm",
     "DKDTerm",
     "GaussianPolicyKLTerm",
     "HintTerm",
     "KDTerm",
+    "LSKDTerm",
     "LossOutput",
     "LossTerm",
     "PolicyDistillationTerm",
+    "Reads",
     "Registry",
     "attention_kl_loss",
     "attention_loss",
     "attention_map",
     "build_loss",
+    "dist_loss",
     "dkd_loss",
     "gaussian_policy_kl",
     "hint_loss",
     "kd_ce_loss",
     "kd_loss",
+    "lskd_loss",
     "make_regressor",
     "parse_loss_spec",
+    "pearson_rows",
     "policy_distillation_loss",
+    "standardize_logits",
 ]

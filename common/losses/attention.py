@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from common.errors import ShapeMismatchError
-from common.losses.registry import LOSSES, LossTerm, Outputs, require
+from common.losses.registry import LOSSES, LossTerm, Outputs, Reads, require
 
 
 def attention_map(features: Tensor, p: float = 2.0, size: tuple[int, int] | None = None) -> Tensor:
@@ -108,6 +108,12 @@ class AttentionTransferTerm(LossTerm):
         self.pairs = list(zip(student_keys, teacher_keys, strict=True))
         self.p, self.resize = p, resize
 
+    def reads(self) -> Reads:
+        return Reads(
+            student=frozenset(s for s, _ in self.pairs),
+            teacher=frozenset(t for _, t in self.pairs),
+        )
+
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Outputs) -> Tensor:
         losses = [
             attention_loss(
@@ -135,6 +141,13 @@ class AttentionKLTerm(LossTerm):
         super().__init__()
         self.student_key, self.teacher_key = student_key, teacher_key
         self.mask_key, self.average_heads = mask_key, average_heads
+
+    def reads(self) -> Reads:
+        return Reads(
+            student=frozenset({self.student_key}),
+            teacher=frozenset({self.teacher_key}),
+            batch=frozenset({self.mask_key} if self.mask_key else ()),
+        )
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Outputs) -> Tensor:
         mask = require(batch, self.mask_key, "batch", "attention_kl") if self.mask_key else None

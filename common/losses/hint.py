@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from common.errors import ShapeMismatchError
-from common.losses.registry import LOSSES, LossTerm, Outputs, require
+from common.losses.registry import LOSSES, LossTerm, Outputs, Reads, require
 
 
 def make_regressor(
@@ -92,6 +92,13 @@ class HintTerm(LossTerm):
             )
             if student_dim is not None and teacher_dim is not None
             else None
+        )
+
+    def reads(self) -> Reads:
+        return Reads(
+            student=frozenset({self.student_key}),
+            teacher=frozenset({self.teacher_key}),
+            batch=frozenset({self.mask_key} if self.mask_key else ()),
         )
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Outputs) -> Tensor:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from common.errors import ShapeMismatchError
-from common.losses.registry import LOSSES, LossTerm, Outputs, require
+from common.losses.registry import LOSSES, LossTerm, Outputs, Reads, require
 
 
 def _check_logits(student_logits: Tensor, teacher_logits: Tensor, what: str) -> None:
@@ -103,14 +103,15 @@ def dkd_loss(
 class CrossEntropyTerm(LossTerm):
     """Hard-label cross-entropy of the student: the student-alone baseline's loss."""
 
-    needs_teacher = False
-
     def __init__(
         self, student_key: str = "logits", labels_key: str = "labels", label_smoothing: float = 0.0
     ) -> None:
         super().__init__()
         self.student_key, self.labels_key = student_key, labels_key
         self.label_smoothing = label_smoothing
+
+    def reads(self) -> Reads:
+        return Reads(student=frozenset({self.student_key}), batch=frozenset({self.labels_key}))
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Outputs) -> Tensor:
         logits = require(student, self.student_key, "student", "ce")
@@ -127,6 +128,9 @@ class KDTerm(LossTerm):
     def __init__(self, temperature: float = 4.0, key: str = "logits") -> None:
         super().__init__()
         self.temperature, self.key = temperature, key
+
+    def reads(self) -> Reads:
+        return Reads(student=frozenset({self.key}), teacher=frozenset({self.key}))
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Outputs) -> Tensor:
         return kd_loss(
@@ -151,6 +155,13 @@ class DKDTerm(LossTerm):
         super().__init__()
         self.alpha, self.beta, self.temperature = alpha, beta, temperature
         self.key, self.labels_key = key, labels_key
+
+    def reads(self) -> Reads:
+        return Reads(
+            student=frozenset({self.key}),
+            teacher=frozenset({self.key}),
+            batch=frozenset({self.labels_key}),
+        )
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Outputs) -> Tensor:
         return dkd_loss(

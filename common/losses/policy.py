@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from common.errors import ShapeMismatchError
-from common.losses.registry import LOSSES, LossTerm, Outputs, require
+from common.losses.registry import LOSSES, LossTerm, Outputs, Reads, require
 
 
 def policy_distillation_loss(
@@ -67,6 +67,9 @@ class PolicyDistillationTerm(LossTerm):
         super().__init__()
         self.temperature, self.key = temperature, key
 
+    def reads(self) -> Reads:
+        return Reads(student=frozenset({self.key}), teacher=frozenset({self.key}))
+
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Outputs) -> Tensor:
         return policy_distillation_loss(
             require(student, self.key, "student", "policy_kl"),
@@ -82,6 +85,10 @@ class GaussianPolicyKLTerm(LossTerm):
     def __init__(self, mean_key: str = "mean", log_std_key: str = "log_std") -> None:
         super().__init__()
         self.mean_key, self.log_std_key = mean_key, log_std_key
+
+    def reads(self) -> Reads:
+        keys = frozenset({self.mean_key, self.log_std_key})
+        return Reads(student=keys, teacher=keys)
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Outputs) -> Tensor:
         return gaussian_policy_kl(

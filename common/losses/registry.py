@@ -1,9 +1,11 @@
 """Loss registry: choose loss terms by name and combine them as a weighted sum.
 
 A *term* is a small ``nn.Module`` around one pure loss function. It reads what it needs from
-three mappings: the student's outputs, the teacher's outputs and the batch. The loop never
-needs to know which term reads which key. Terms with learnable parts (a FitNets regressor)
-are modules, so their parameters are trained with the student and checkpointed with it.
+three mappings: the student's outputs, the teacher's outputs and the batch, and declares
+those keys in :meth:`LossTerm.reads`. The loop needs no per-term knowledge: a loss whose
+terms read nothing from the teacher never runs it. Terms with learnable parts (a FitNets
+regressor) are modules, so their parameters are trained with the student and checkpointed
+with it.
 """
 
 from __future__ import annotations
@@ -67,12 +69,37 @@ class Registry:
 LOSSES = Registry("loss")
 
 
-class LossTerm(nn.Module):
-    """One named loss term. Subclasses implement :meth:`forward`."""
+@dataclass(frozen=True)
+class Reads:
+    """Output keys a loss term reads from each of the three mappings it is called with."""
 
-    #: Whether the term reads teacher outputs. A run whose terms all say False
-    #: (student alone) never runs the teacher.
-    needs_teacher: bool = True
+    student: frozenset[str] = frozenset()
+    teacher: frozenset[str] = frozenset()
+    batch: frozenset[str] = frozenset()
+
+    def __or__(self, other: Reads) -> Reads:
+        """The keys read by either: the union per mapping."""
+        return Reads(
+            self.student | other.student, self.teacher | other.teacher, self.batch | other.batch
+        )
+
+
+class LossTerm(nn.Module):
+    """One named loss term. Subclasses implement :meth:`forward` and :meth:`reads`."""
+
+    def reads(self) -> Reads:
+        """The keys :meth:`forward` reads from the student, teacher and batch mappings."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must declare what it reads: define reads() returning "
+            "Reads(student=..., teacher=..., batch=...) with the keys its forward() looks up "
+            "(whether the teacher is run at all depends on it)"
+        )
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether the term reads teacher outputs. A run whose terms read none (student
+        alone) never runs the teacher."""
+        return bool(self.reads().teacher)
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Outputs) -> Tensor:
         raise NotImplementedError
@@ -117,9 +144,17 @@ class CombinedLoss(nn.Module):
         self.terms = nn.ModuleDict(dict(terms))
         self.weights = dict(weights)
 
+    def reads(self) -> Reads:
+        """The union of the keys every term reads."""
+        reads = Reads()
+        for term in self.terms.values():
+            reads = reads | term.reads()
+        return reads
+
     @property
     def needs_teacher(self) -> bool:
-        return any(t.needs_teacher for t in self.terms.values())  # type: ignore[union-attr]
+        """Whether any term reads teacher outputs."""
+        return bool(self.reads().teacher)
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Outputs) -> LossOutput:
         values: dict[str, Tensor] = {}
