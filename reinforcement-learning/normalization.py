@@ -4,6 +4,10 @@ The teacher is trained on ``clip((obs - mean) / sqrt(var + epsilon), -clip, clip
 running statistics of SB3's ``VecNormalize``. They are frozen when the teacher is saved,
 written as JSON, and applied inside the student and the teacher wrapper, so both take *raw*
 observations and ``predict(obs)`` needs no SB3.
+
+:func:`vecnormalize_state` and :func:`restore_vecnormalize` carry a training ``VecNormalize``
+across a checkpoint as JSON: pickling the wrapper (SB3's own format) would make resuming
+unpickle a file, which runs whatever code the file names.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from common.errors import CheckpointError
 
 
 @dataclass(frozen=True)
@@ -99,3 +105,60 @@ class ObsNormalizer(nn.Module):
             return obs.float()
         out = ((obs.to(torch.float64) - self.mean) / self.std).clamp(-self.clip, self.clip)
         return out.float()
+
+
+def _rms_state(rms: Any) -> dict[str, Any]:
+    return {
+        "mean": np.asarray(rms.mean, dtype=np.float64).ravel().tolist(),
+        "var": np.asarray(rms.var, dtype=np.float64).ravel().tolist(),
+        "count": float(rms.count),
+    }
+
+
+def vecnormalize_state(venv: Any) -> dict[str, Any]:
+    """What resuming needs of an SB3 ``VecNormalize`` (flat observations), as JSON numbers:
+    the running observation and return statistics and the wrapper's settings. ``returns``
+    (the discounted returns of the episodes in progress) is recorded for completeness; on
+    resume those episodes start over, so it is not restored (see :func:`restore_vecnormalize`).
+    Python's JSON writes floats exactly, so the statistics round-trip bit for bit."""
+    return {
+        "obs_rms": _rms_state(venv.obs_rms),
+        "ret_rms": _rms_state(venv.ret_rms),
+        "clip_obs": float(venv.clip_obs),
+        "clip_reward": float(venv.clip_reward),
+        "gamma": float(venv.gamma),
+        "epsilon": float(venv.epsilon),
+        "norm_obs": bool(venv.norm_obs),
+        "norm_reward": bool(venv.norm_reward),
+        "training": bool(venv.training),
+        "returns": np.asarray(venv.returns, dtype=np.float64).tolist(),
+    }
+
+
+def restore_vecnormalize(venv: Any, state: Mapping[str, Any], where: str) -> None:
+    """Put :func:`vecnormalize_state`'s numbers into a fresh ``VecNormalize`` on the same
+    environment (in place). ``returns`` restart at zero, as SB3's ``VecNormalize.set_venv``
+    does when a pickled wrapper is reattached: the environments are reset on resume.
+    A malformed state or one of other shapes is a :class:`CheckpointError` naming ``where``."""
+    try:
+        for name in ("obs_rms", "ret_rms"):
+            rms, saved = getattr(venv, name), state[name]
+            shape = np.shape(rms.mean)
+            mean = np.asarray(saved["mean"], dtype=np.float64)
+            var = np.asarray(saved["var"], dtype=np.float64)
+            if mean.size != int(np.prod(shape)) or var.size != mean.size:
+                raise ValueError(f"{name} has {mean.size} values, this environment needs {shape}")
+            rms.mean, rms.var, rms.count = (
+                mean.reshape(shape),
+                var.reshape(shape),
+                float(saved["count"]),
+            )
+        venv.clip_obs, venv.clip_reward = float(state["clip_obs"]), float(state["clip_reward"])
+        venv.gamma, venv.epsilon = float(state["gamma"]), float(state["epsilon"])
+        venv.norm_obs, venv.norm_reward = bool(state["norm_obs"]), bool(state["norm_reward"])
+        venv.training = bool(state["training"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"{where} is not a usable VecNormalize state ({err}); pass --retrain to start afresh"
+        ) from None
+    venv.returns = np.zeros(venv.num_envs)

@@ -5,7 +5,9 @@
         --gif runs/quick/reinforcement-learning/CartPole-v1/dagger.gif
 
 ``--model`` is a student folder (model.safetensors + config.json, run without SB3) or a
-teacher folder from train_teacher.py (ppo.zip). Rendering is ``rgb_array``: no display needed.
+teacher folder from train_teacher.py (ppo.zip); a PPO zip from elsewhere plays with
+``--env-id``. Nothing is unpickled: a teacher is read as :func:`load_teacher` reads it.
+Rendering is ``rgb_array``: no display needed.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ class Args:
     model: Path = Path("runs/quick/reinforcement-learning/CartPole-v1/distill/dagger/seed-0/model")
     """A student folder (from distill.py) or a teacher folder (from train_teacher.py)."""
     env_id: str | None = None
-    """Environment; unset: the one the policy was trained on."""
+    """Environment; unset: the one the policy was trained on (required for a PPO zip without
+    train_teacher's config.json)."""
     episodes: int = 3
     """Episodes to run; episode i is reset with seed + i."""
     seed: int = 0
@@ -52,9 +55,12 @@ class Args:
     """GIF width in pixels (height keeps the aspect ratio)."""
 
 
-def load_policy(path: Path, stochastic: bool = False) -> tuple[Act, SpaceSpec, str | None, str]:
+def load_policy(
+    path: Path, stochastic: bool = False, env_id: str | None = None
+) -> tuple[Act, SpaceSpec, str | None, str]:
     """A batch action function for a saved student or teacher, its spaces, its environment id
-    (if recorded) and a short description."""
+    (if recorded) and a short description. ``env_id`` builds a teacher that does not record
+    its environment (a PPO zip from elsewhere)."""
     path = Path(path)
     config = path / CONFIG
     raw = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
@@ -84,7 +90,7 @@ def load_policy(path: Path, stochastic: bool = False) -> tuple[Act, SpaceSpec, s
         )
     if stochastic:
         raise ConfigError("--stochastic is supported for students only; drop it for a teacher")
-    teacher = load_teacher(path)
+    teacher = load_teacher(path, env_id=env_id)
     return greedy(teacher.policy, teacher.spec), teacher.spec, teacher.env_id, "PPO teacher"
 
 
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # rgb_array rendering draws off-screen: SDL's dummy driver needs no display (and does not
     # warn about a missing XDG_RUNTIME_DIR on a headless machine).
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-    act, spec, trained_on, what = load_policy(args.model, args.stochastic)
+    act, spec, trained_on, what = load_policy(args.model, args.stochastic, args.env_id)
     env_id = args.env_id or trained_on
     if env_id is None:
         raise ConfigError(f"{args.model} does not record its environment; pass --env-id")
