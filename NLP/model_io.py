@@ -19,6 +19,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+
+from common.domains import check_model_folder
 from common.errors import CheckpointError
 from common.io import atomic_write_json, sha256_file
 from common.training import is_main_process
@@ -81,10 +84,21 @@ def load_model_dir(directory: Path, attentions: bool = False) -> tuple[Any, Any,
     from nlp.teacher_model.bert import load_classifier, load_tokenizer
 
     directory = Path(directory)
+    check_model_folder(directory, "nlp")
     if not (directory / "config.json").is_file():
         raise CheckpointError(
             f"{directory} is not a saved text classifier (no config.json). Train one first with "
             "`python -m nlp.scripts.train_teacher` (or distill.py), or pass the folder it wrote."
         )
-    model = load_classifier(str(directory), attentions=attentions)
-    return model.eval(), load_tokenizer(str(directory)), read_meta(directory)
+    try:
+        model = load_classifier(str(directory), attentions=attentions)
+        tokenizer = load_tokenizer(str(directory))
+        meta = read_meta(directory)
+    except (OSError, ValueError, SafetensorError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{directory} could not be loaded ({first}): a file in it (config.json, "
+            "model.safetensors, the tokenizer or distillery.json) is damaged; restore it, or "
+            "train the model again"
+        ) from None
+    return model.eval(), tokenizer, meta

@@ -1,31 +1,17 @@
 """What train_teacher.py and distill.py share: the forward adapter, evaluation, one training
-run through the shared loop, and size/speed descriptions of a model.
-
-The optimizer/schedule, the classification metrics and the budget record are the image
-domain's (:mod:`image_classification.pipeline`): they know nothing of images.
-"""
+run (common's recipe on text loaders), and size/speed descriptions of a model."""
 
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from datasets import Dataset
-from safetensors.torch import load_model
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from common.callbacks import (
-    CheckpointCallback,
-    EvaluateCallback,
-    JsonlLogger,
-    ProgressBar,
-    TensorBoardLogger,
-)
 from common.losses import CombinedLoss
 from common.metrics import (
     classification_metrics,
@@ -34,15 +20,9 @@ from common.metrics import (
     model_size_bytes,
     speed_profile,
 )
-from common.training import (
-    DistillationLoop,
-    LoopConfig,
-    LoopState,
-    is_main_process,
-    make_accelerator,
-    make_optimizer,
-    trainable_parameters,
-)
+from common.recipe import Recipe
+from common.recipe import train as train_model
+from common.training import ForwardAdapter, LoopState, is_main_process
 from nlp.data.text import make_loader
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -118,81 +98,34 @@ def predict_logits(
     return torch.cat(logits), (torch.cat(labels) if labels else None)
 
 
-@dataclass
-class TrainSpec:
-    """One training run of a text classifier (teacher or student)."""
-
-    name: str
-    run_dir: Path
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    seed: int
-    max_steps: int | None = None
-    """Optimizer steps instead of epochs (the student alone gets the distilled runs' steps)."""
-    select_best: bool = True
-    """End with the weights of the best validation accuracy (saved by the checkpoints)."""
-    resume: bool = True
-    checkpoint_every: int | None = 200
-
-
 def run_training(
     model: nn.Module,
     loss: CombinedLoss,
     train: Dataset,
     val: Dataset,
-    spec: TrainSpec,
-    adapter: TextAdapter | None = None,
+    recipe: Recipe,
+    *,
+    batch_size: int,
+    adapter: ForwardAdapter | None = None,
     teacher: nn.Module | None = None,
     config: dict[str, Any] | None = None,
     teacher_val_logits: Tensor | None = None,
     pad_id: int = 0,
-) -> tuple[nn.Module, LoopState, float]:
-    """Train ``model`` through the shared loop on tokenized splits; returns it (unwrapped,
-    eval mode; the best-validation weights with ``select_best``), the loop state and the
-    wall time in seconds."""
-    start = time.perf_counter()
-    train_loader = make_loader(train, spec.batch_size, shuffle=True, pad_id=pad_id)
-    val_loader = make_loader(val, 128, shuffle=False, pad_id=pad_id)
-    steps = spec.max_steps or spec.epochs * len(train_loader)
-    optimizer, schedule = make_optimizer(
-        trainable_parameters(model, loss), "adamw", spec.lr, spec.weight_decay, steps
-    )
+    num_workers: int = 0,
+) -> tuple[nn.Module, LoopState]:
+    """Train ``model`` on tokenized splits with common's recipe; returns it (unwrapped, eval
+    mode; the best-validation weights with ``recipe.select_best``) and the loop state."""
+    train_loader = make_loader(train, batch_size, True, pad_id, num_workers)
+    val_loader = make_loader(val, 128, False, pad_id)
 
     def evaluate(m: nn.Module) -> dict[str, float]:
         logits, labels = predict_logits(m, val_loader)
         assert labels is not None
         return classification_metrics(logits, labels, "val", teacher_val_logits)
 
-    checkpoints = spec.run_dir / "checkpoints"
-    loop = DistillationLoop(
-        student=model,
-        teacher=teacher,
-        loss_fn=loss,
-        adapter=adapter or TextAdapter(),
-        train_data=train_loader,
-        optimizer=optimizer,
-        scheduler=schedule,
-        accelerator=make_accelerator(),
-        config=LoopConfig(
-            epochs=0 if spec.max_steps else spec.epochs, max_steps=spec.max_steps, max_grad_norm=1.0
-        ),
-        callbacks=[
-            EvaluateCallback(evaluate, monitor="val/accuracy"),
-            ProgressBar(desc=spec.name),
-            CheckpointCallback(
-                checkpoints, every_steps=spec.checkpoint_every, resume=spec.resume, config=config
-            ),
-            JsonlLogger(spec.run_dir / "metrics.jsonl"),
-            TensorBoardLogger(spec.run_dir / "tensorboard"),
-        ],
+    return train_model(
+        model, loss, adapter or TextAdapter(), train_loader, evaluate, recipe, teacher, config
     )
-    state = loop.run()
-    trained = loop.student
-    if spec.select_best and (checkpoints / "best.safetensors").is_file():
-        load_model(trained, str(checkpoints / "best.safetensors"))
-    return trained.eval(), state, time.perf_counter() - start
 
 
 def example_batches(

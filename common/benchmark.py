@@ -9,6 +9,8 @@ import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -74,34 +76,45 @@ def time_steps(
     lr: float,
     weight_decay: float,
 ) -> dict[str, Any]:
-    """Train ``student`` for ``warmup + steps`` steps through the shared loop (AdamW, one-cycle)
-    and return the timed steps' median/mean and this process's peak memory."""
-    from common.training import (
-        DistillationLoop,
-        LoopConfig,
-        make_accelerator,
-        make_optimizer,
-        trainable_parameters,
-    )
+    """Train ``student`` for ``warmup + steps`` steps with common's recipe (AdamW, one-cycle;
+    no evaluation, checkpoints or logs) and return the timed steps' median/mean and this
+    process's peak memory."""
+    from common.recipe import Recipe, train
 
-    total = warmup + steps
-    optimizer, schedule = make_optimizer(
-        trainable_parameters(student, loss), "adamw", lr, weight_decay, total
-    )
     timer = StepTimer()
-    DistillationLoop(
-        student=student,
-        teacher=teacher,
-        loss_fn=loss,
-        adapter=adapter,
-        train_data=loader,
-        optimizer=optimizer,
-        scheduler=schedule,
-        accelerator=make_accelerator(),
-        config=LoopConfig(epochs=0, max_steps=total),
-        callbacks=[timer],
-    ).run()
+    recipe = Recipe(
+        name="benchmark",
+        run_dir=Path("."),
+        epochs=0,
+        lr=lr,
+        weight_decay=weight_decay,
+        max_steps=warmup + steps,
+        checkpoints=False,
+        logs=False,
+    )
+    train(student, loss, adapter, loader, None, recipe, teacher, extra_callbacks=[timer])
     return {**timer.summary(warmup), **peak_memory()}
+
+
+@dataclass
+class BenchmarkArgs:
+    """What every domain's benchmark script takes besides its teacher, student and data size."""
+
+    warmup_steps: int = 10
+    """Untimed steps first (allocator, kernels, caches)."""
+    steps: int = 60
+    """Timed steps per configuration."""
+    threads: int | None = None
+    """torch threads in each measurement; unset: torch's default (the machine's cores)."""
+    cache_dir: Path | None = None
+    """Where the benchmark's teacher cache goes; unset: runs/benchmark/<domain>/cache."""
+    out: Path | None = None
+    """Where the figures are written as JSON; unset: runs/benchmark/<domain>/benchmark.json."""
+
+    def paths(self, domain: str) -> tuple[Path, Path]:
+        """The cache folder and the JSON file, defaults filled in for ``domain``."""
+        root = Path("runs/benchmark") / domain
+        return self.cache_dir or root / "cache", self.out or root / "benchmark.json"
 
 
 CONFIGS = ("student alone", "kd, live teacher", "kd, warm cache")
@@ -144,3 +157,30 @@ def summarize(
         f"{s['throughput']:.0f} {unit} ({ratios['throughput_student_over_teacher']:.1f}x)"
     )
     return ratios
+
+
+def run_benchmark(
+    args: Any,
+    measure: Callable[[str, Any], dict[str, Any]],
+    inference: Callable[[Any], dict[str, Any]],
+    what: str,
+    unit: str,
+) -> dict[str, Any]:
+    """Every step configuration (each in a fresh process), then teacher vs student inference
+    in one more: the figures (``args``, ``steps``, ``inference``, ``ratios``), printed."""
+    results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
+    steps = run_configs(measure, args)
+    speed = in_fresh_process(inference, args)
+    results.update(steps=steps, inference=speed)
+    results["ratios"] = summarize(steps, speed, what, unit)
+    return results
+
+
+def check_teacher_file(path: Path, train_command: str) -> None:
+    """Refuse a missing teacher before any measurement, naming the command that trains one."""
+    from common.errors import ConfigError
+
+    if not path.is_file():
+        raise ConfigError(
+            f"no teacher at {path.parent}; train one first: {train_command} (or pass --teacher)"
+        )

@@ -15,10 +15,13 @@ from accelerate.utils import broadcast_object_list
 from torch import nn
 
 from common.checkpoint import (
+    CorruptCheckpointError,
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
+from common.errors import CheckpointError
 from common.io import save_model_atomic
 from common.training import LoopState
 
@@ -278,23 +281,43 @@ class CheckpointCallback(Callback):
                 shutil.rmtree(self.directory)
             loop.accelerator.wait_for_everyone()
             return
-        found = latest_checkpoint(self.directory)
+        found, saved = self._load_newest_good(loop)
         if found is None:
             return
-        saved = load_checkpoint(
-            found,
-            model=loop.student,
-            loss_module=loop.unwrapped_loss,
-            optimizer=loop.optimizer,
-            scheduler=loop.scheduler,
-            config=self.config,
-        )
         loop.state = LoopState.from_dict(saved)
         self._saved = loop.state.to_dict()
         self.resumed_from = found
         loop.accelerator.print(
             f"resumed from {found} (epoch {loop.state.epoch}, step {loop.state.step})"
         )
+
+    def _load_newest_good(self, loop: DistillationLoop) -> tuple[Path | None, dict[str, Any]]:
+        """Load the newest checkpoint that reads; a corrupt one (truncated or garbled files)
+        is skipped with a warning and the one before it is tried. Other settings still stop
+        the run: falling back would not make them the same."""
+        latest = latest_checkpoint(self.directory)
+        candidates = list(reversed(list_checkpoints(self.directory)))
+        if latest is not None and latest in candidates:
+            candidates.remove(latest)
+            candidates.insert(0, latest)
+        for path in candidates:
+            try:
+                return path, load_checkpoint(
+                    path,
+                    model=loop.student,
+                    loss_module=loop.unwrapped_loss,
+                    optimizer=loop.optimizer,
+                    scheduler=loop.scheduler,
+                    config=self.config,
+                )
+            except CorruptCheckpointError as err:
+                loop.accelerator.print(f"warning: skipping a corrupt checkpoint: {err}")
+        if candidates:
+            raise CheckpointError(
+                f"no checkpoint in {self.directory} could be read; delete the folder to start "
+                "afresh (or pass --no-resume)"
+            )
+        return None, {}
 
     def _save(self, loop: DistillationLoop) -> None:
         # Compare the whole state, not the step: an epoch-end evaluation at an already

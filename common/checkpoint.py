@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
@@ -202,6 +203,10 @@ def changed_settings(
     return {k: (saved.get(k), wanted.get(k)) for k in keys}
 
 
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint whose files cannot be read (truncated, garbled): an older one may serve."""
+
+
 def load_checkpoint(
     path: Path,
     *,
@@ -225,7 +230,10 @@ def load_checkpoint(
         raise CheckpointError(
             f"{path} is not a complete checkpoint (no state.json); delete it to start afresh"
         )
-    meta = json.loads(state_file.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(state_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptCheckpointError(f"{state_file} is not valid JSON ({err})") from None
     if config is not None:
         changed = changed_settings(meta.get("config", {}), config)
         if changed:
@@ -243,17 +251,21 @@ def load_checkpoint(
             raise CheckpointError(
                 f"{path} holds no loss-module weights, but this run's loss has some"
             )
+    except SafetensorError as err:
+        raise CorruptCheckpointError(f"{path}: a weights file is unreadable ({err})") from None
     except RuntimeError as err:
         raise CheckpointError(
             f"checkpoint {path} does not fit this model ({err}). Was the model or loss changed "
             "since it was written? Resume with the same configuration, or use a new run directory."
         ) from None
-    if optimizer is not None and "optimizer" in meta:
-        optimizer.load_state_dict(
-            _unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), meta["optimizer"])
-        )
-    if scheduler is not None and "scheduler" in meta:
-        scheduler.load_state_dict(meta["scheduler"])
-    if restore_rng:
-        _set_rng_state(load_file(str(path / "rng.safetensors")), meta["rng"])
+    try:
+        if optimizer is not None and "optimizer" in meta:
+            tensors = load_file(str(path / "optimizer.safetensors"))
+            optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+        if scheduler is not None and "scheduler" in meta:
+            scheduler.load_state_dict(meta["scheduler"])
+        if restore_rng:
+            _set_rng_state(load_file(str(path / "rng.safetensors")), meta["rng"])
+    except (SafetensorError, OSError, KeyError) as err:
+        raise CorruptCheckpointError(f"{path}: optimizer or RNG state unreadable ({err})") from None
     return meta["loop"]

@@ -19,10 +19,19 @@ import textwrap
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): the flag, what is wrong, --help."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -108,6 +117,93 @@ def _add_field(
     raise TypeError(f"parse_args cannot handle field {f.name!r} of type {tp!r}")
 
 
+@dataclass(frozen=True)
+class Rule:
+    """What values a field of a given name may take, in words, with a valid example."""
+
+    ok: Callable[[Any], bool]
+    allowed: str
+    example: str
+
+
+def _at_least(low: float, example: str) -> Rule:
+    return Rule(lambda v: v >= low, f">= {low:g}", example)
+
+
+def _positive(example: str) -> Rule:
+    return Rule(lambda v: v > 0, "> 0", example)
+
+
+def _fraction(example: str) -> Rule:
+    return Rule(lambda v: 0 < v < 1, "between 0 and 1 (exclusive)", example)
+
+
+FIELD_RULES: dict[str, Rule] = {
+    # Budgets and sizes: zero or less is an error, never a silently replaced default.
+    **{
+        name: _at_least(1, example)
+        for name, example in {
+            "epochs": "3",
+            "batch_size": "64",
+            "seeds": "3",
+            "steps": "40",
+            "rounds": "10",
+            "steps_per_round": "2000",
+            "train_steps_per_round": "250",
+            "buffer_size": "100000",
+            "n_envs": "8",
+            "eval_episodes": "20",
+            "val_episodes": "5",
+            "timesteps": "100000",
+            "max_train": "1000",
+            "max_test": "1000",
+            "max_transfer": "2000",
+            "val_size": "5000",
+            "labelled": "1000",
+            "images": "12800",
+            "texts": "2048",
+            "threads": "2",
+            "grad_accum": "1",
+            "student_layers": "2",
+            "checkpoint_every": "200",
+            "kills": "10",
+        }.items()
+    },
+    "max_length": _at_least(8, "128"),
+    "seed": _at_least(0, "0"),
+    "seed_start": _at_least(0, "0"),
+    "warmup_steps": _at_least(0, "5"),
+    "num_workers": _at_least(0, "2"),
+    "split_seed": _at_least(0, "0"),
+    "lr": _positive("0.001"),
+    "weight_decay": _at_least(0, "0.01"),
+    "val_frac": _fraction("0.1"),
+    "test_frac": _fraction("0.15"),
+    "beta_decay": Rule(lambda v: 0 <= v <= 1, "between 0 and 1", "0.5"),
+}
+"""Allowed values of every script field with that name, checked by :func:`parse_args` before
+any work starts (a field set to None means "unset" and is not checked)."""
+
+
+def check_fields(args: Any) -> None:
+    """Refuse the first field whose value breaks :data:`FIELD_RULES`, naming its flag, the
+    allowed range and a valid value."""
+    from common.errors import ConfigError
+
+    for f in dataclasses.fields(args):
+        rule, value = FIELD_RULES.get(f.name), getattr(args, f.name)
+        if rule is None or value is None or isinstance(value, bool):
+            continue
+        values = value if isinstance(value, tuple) else (value,)
+        if not all(isinstance(v, (int, float)) for v in values):
+            continue  # a field of the same name that is not a number (predict's --images)
+        if not all(rule.ok(v) for v in values):
+            flag = "--" + f.name.replace("_", "-")
+            raise ConfigError(
+                f"{flag} {value!r}: must be {rule.allowed}, e.g. {flag} {rule.example}"
+            )
+
+
 def parse_args(
     cls: type[T],
     argv: Sequence[str] | None = None,
@@ -116,15 +212,13 @@ def parse_args(
 ) -> T:
     """Build ``cls`` from a preset (if any) plus command-line overrides."""
     presets = dict(presets or {})
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = _Parser(add_help=False)
     if presets:
         pre.add_argument("--preset", choices=sorted(presets))
     known, _ = pre.parse_known_args(argv)
     base = presets[known.preset] if presets and known.preset else None
 
-    parser = argparse.ArgumentParser(
-        description=description or (inspect.getdoc(cls) or "").split("\n\n")[0]
-    )
+    parser = _Parser(description=description or (inspect.getdoc(cls) or "").split("\n\n")[0])
     if presets:
         parser.add_argument(
             "--preset",
@@ -152,33 +246,60 @@ def parse_args(
         tp, _ = _unwrap_optional(hints[f.name])
         if typing.get_origin(tp) is tuple and isinstance(ns.get(f.name), list):
             ns[f.name] = tuple(ns[f.name])
-    return cls(**ns)
+    args = cls(**ns)
+    check_fields(args)
+    return args
+
+
+RUNTIME_DEFAULTS = {"mixed_precision": "no", "grad_accum": 1, "num_workers": 0}
+"""Runtime options (common.experiment.RuntimeArgs) at their defaults. A settings record holds
+them only when set, so a run with the defaults keeps the record it had before they existed;
+``num_workers`` never changes a result (every batch is a function of seed, epoch and index)
+and is never recorded."""
 
 
 def args_dict(args: Any, exclude: Sequence[str] = ()) -> dict[str, Any]:
-    """A dataclass of arguments as JSON-ready values (paths as strings), without ``exclude``:
-    what a run records as its settings and compares on resume or reuse."""
+    """A dataclass of arguments as JSON-ready values (paths as strings), without ``exclude``
+    and without runtime options at their defaults: what a run records as its settings and
+    compares on resume or reuse."""
     return {
         k: str(v) if isinstance(v, Path) else v
         for k, v in dataclasses.asdict(args).items()
         if k not in exclude
+        and k != "num_workers"
+        and not (k in RUNTIME_DEFAULTS and v == RUNTIME_DEFAULTS[k])
     }
 
 
 def run_main(main: Callable[[], object]) -> None:
-    """Run a script's ``main()``; a :class:`~common.errors.DistilleryError` (bad input the
-    user can fix) prints its message alone, not a traceback, and exits with status 2.
+    """Run a script's ``main()``, the same way for every script and the main job:
+
+    * a :class:`~common.errors.DistilleryError` (bad input the user can fix) prints its
+      message alone, no traceback, and exits with status 2;
+    * Ctrl-C prints one line (what is kept, and that the same command resumes) and exits 130;
+    * an integer that ``main()`` returns is the exit status.
+
     Under ``accelerate launch`` the process group is torn down on the way out."""
     from common.errors import DistilleryError
     from common.training import shutdown_distributed
 
     try:
-        main()
+        status = main()
     except DistilleryError as err:
         shutdown_distributed(wait=False)
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        shutdown_distributed(wait=False)
+        print(
+            "\ninterrupted: finished runs and the last checkpoint of the current one are kept; "
+            "run the same command to resume",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
     except BaseException:
         shutdown_distributed(wait=False)
         raise
     shutdown_distributed()
+    if isinstance(status, int) and not isinstance(status, bool) and status:
+        raise SystemExit(status)

@@ -25,3 +25,7 @@ class NonFiniteLossError(DistilleryError, FloatingPointError):
 
 class CheckpointError(DistilleryError, RuntimeError):
     """A checkpoint is missing, incomplete, or does not fit the model it is loaded into."""
+
+
+class DivergenceError(DistilleryError, FloatingPointError):
+    """The training loss exploded far above where it started."""

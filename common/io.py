@@ -79,3 +79,66 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+LOCK_FILE = ".lock"
+
+
+def claim_folder(folder: Path) -> Path:
+    """Claim a run's output folder for this process: one clear error when it is a file, or
+    when another live process (on this machine) holds it; a lock left by a killed run is taken
+    over with a note. The lock (``<folder>/.lock``: process id and host) goes when this process
+    exits. Under ``accelerate launch`` only the main process claims (the others share its
+    folder). Returns the folder."""
+    import atexit
+    import socket
+
+    from accelerate import PartialState
+
+    from common.errors import ConfigError
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"output folder {folder} is a file; pass a folder path (--out-dir)")
+    if not PartialState().is_main_process:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    lock, me = folder / LOCK_FILE, {"pid": os.getpid(), "host": socket.gethostname()}
+    try:
+        held = json.loads(lock.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        held = None
+    if isinstance(held, dict) and held != me and _alive(held):
+        raise ConfigError(
+            f"{folder} is in use by another run (process {held.get('pid')} on "
+            f"{held.get('host')}); wait for it to finish, or pass another --out-dir"
+        )
+    if isinstance(held, dict) and held != me:
+        print(f"note: taking over {folder} from a run that is gone (process {held.get('pid')})")
+    atomic_write_json(lock, me)
+
+    def release() -> None:
+        try:
+            if json.loads(lock.read_text(encoding="utf-8")) == me:
+                lock.unlink()
+        except (OSError, ValueError):
+            pass
+
+    atexit.register(release)
+    return folder
+
+
+def _alive(held: dict) -> bool:
+    """Whether the process that wrote a lock still runs (a lock from another host is taken
+    as live: it cannot be checked from here)."""
+    import socket
+
+    if held.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(held["pid"]), 0)
+    except (ProcessLookupError, KeyError, TypeError, ValueError):
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True

@@ -21,53 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.cli import parse_args
+from common.cli import parse_args, run_main
+from common.domains import domain_names, get_domain
 from common.errors import ConfigError, DistilleryError
 from common.io import atomic_write_json
 from common.report import write_report
-
-
-@dataclass(frozen=True)
-class Pipeline:
-    """A domain's two scripts (modules with ``main(argv)``) and where the teacher lands."""
-
-    teacher_script: str
-    distill_script: str
-    teacher_artifact: str = "model"
-    """Path of the trained teacher inside the teacher's run folder (distill's --teacher)."""
-
-    def teacher_argv(self, preset: str, root: Path) -> list[str]:
-        return ["--preset", preset, "--out-dir", str(root / "teacher")]
-
-    def distill_argv(self, preset: str, root: Path, seeds: int | None) -> list[str]:
-        argv = ["--preset", preset, "--teacher", str(root / "teacher" / self.teacher_artifact)]
-        argv += ["--out-dir", str(root / "distill")]
-        return argv + (["--seeds", str(seeds)] if seeds is not None else [])
-
-
-@dataclass(frozen=True)
-class RunRootPipeline(Pipeline):
-    """A domain whose scripts place runs under ``--run-root`` themselves (RL: one folder per
-    environment, the distillation finding its teacher there)."""
-
-    def teacher_argv(self, preset: str, root: Path) -> list[str]:
-        return ["--preset", preset, "--run-root", str(root)]
-
-    def distill_argv(self, preset: str, root: Path, seeds: int | None) -> list[str]:
-        argv = ["--preset", preset, "--run-root", str(root)]
-        return argv + (["--seeds", str(seeds)] if seeds is not None else [])
-
-
-PIPELINES: dict[str, Pipeline] = {
-    "image-classification": Pipeline(
-        "image_classification.scripts.train_teacher", "image_classification.scripts.distill"
-    ),
-    "nlp": Pipeline("nlp.scripts.train_teacher", "nlp.scripts.distill"),
-    "reinforcement-learning": RunRootPipeline(
-        "reinforcement_learning.scripts.train_teacher", "reinforcement_learning.scripts.distill"
-    ),
-}
-"""Domain -> its pipeline. Runs go to ``<out-dir>/<domain>/{teacher,distill}``."""
 
 
 @dataclass
@@ -76,8 +34,8 @@ class Args:
 
     domain_preset: str = "quick"
     """Preset passed to every domain script: quick (the main job) or full (the benchmark)."""
-    domains: tuple[str, ...] = tuple(PIPELINES)
-    """Domains to run, in order."""
+    domains: tuple[str, ...] = domain_names()
+    """Domains to run, in order (every registered domain: common.domains)."""
     seeds: int | None = None
     """Seeds per distillation method; unset: the domain preset's own."""
     out_dir: Path = Path("runs/quick")
@@ -101,13 +59,13 @@ def plan(args: Args, extra: Mapping[str, Sequence[str]] | None = None) -> list[S
     """The steps to run; ``extra[domain]`` is appended to both of that domain's commands and
     ``extra[domain + ":distill"]`` to its distill command only (tests use it for tiny
     budgets)."""
-    unknown = [d for d in args.domains if d not in PIPELINES]
+    unknown = [d for d in args.domains if d not in domain_names()]
     if unknown:
-        raise ConfigError(f"unknown domain(s) {unknown}; choose from {list(PIPELINES)}")
+        raise ConfigError(f"unknown domain(s) {unknown}; choose from {list(domain_names())}")
     steps = []
     for domain in args.domains:
         pipe, root, more = (
-            PIPELINES[domain],
+            get_domain(domain),
             args.out_dir / domain,
             list((extra or {}).get(domain, ())),
         )
@@ -192,4 +150,4 @@ def main(
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

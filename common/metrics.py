@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from common.stats import gap_closure, mean_std  # noqa: F401 (the one statistics path)
+
 
 def accuracy(logits: Tensor, labels: Tensor) -> float:
     """Top-1 accuracy in [0, 1]."""
@@ -166,26 +168,6 @@ def count_flops(model: nn.Module, example: Tensor | dict[str, Tensor]) -> int | 
     finally:
         model.train(was_training)
     return flops or None
-
-
-def gap_closure(distilled: float, student_alone: float, teacher: float) -> float:
-    """``(distilled - student_alone) / (teacher - student_alone)``: 1 means the student
-    reached the teacher, 0 means distillation added nothing. NaN when teacher equals the
-    student alone (no gap to close)."""
-    gap = teacher - student_alone
-    if gap == 0:
-        return math.nan
-    return (distilled - student_alone) / gap
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value: one seed says nothing of
-    spread, and reports must say so, not hide it)."""
-    if not values:
-        raise ValueError("no values")
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return mean, std
 
 
 def classification_metrics(

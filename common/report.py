@@ -15,122 +15,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from common.io import atomic_write_text
-from common.metrics import mean_std
 from common.results import RESULTS_FILE, ResultsError, load_results
+from common.stats import NOISE_SIGMAS, GroupSummary, MethodRow, score_interval, summarize
 
-NOISE_SIGMAS = 2.0
-"""A gain counts as beyond noise when it exceeds this many of the larger seed std."""
-
-
-DATA_KEYS = ("train_size", "labelled_train_size", "transfer_size")
-
-
-@dataclass
-class MethodRow:
-    """One method's scores over seeds."""
-
-    method: str
-    scores: list[float]
-    wall_time_s: float
-    budget: dict[str, Any]
-    student_params: int
-    speedup: float | None = None
-    data: dict[str, int] = field(default_factory=dict)
-    """Training examples a run saw (``train_size``, ``labelled_train_size``,
-    ``transfer_size``, as the domain recorded them): the student alone and a distilled student may see different data."""
-    mean: float = field(init=False)
-    std: float = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.mean, self.std = mean_std(self.scores)
-
-    @property
-    def n(self) -> int:
-        return len(self.scores)
-
-
-@dataclass
-class DomainSummary:
-    """Everything the report says about one (domain, dataset, teacher) group."""
-
-    domain: str
-    dataset: str
-    metric: str
-    higher_is_better: bool
-    teacher_name: str
-    teacher_params: int
-    teacher_score: float | None
-    teacher_floor: float | None
-    """Score of a trivial policy (e.g. random actions) when the domain gives one."""
-    teacher_train_s: float | None
-    rows: dict[str, MethodRow]
-    speed: dict[str, Any]
-
-    @property
-    def title(self) -> str:
-        return f"{self.domain} · {self.dataset}"
-
-    def baseline(self) -> MethodRow | None:
-        return self.rows.get("none")
-
-    def gain(self, row: MethodRow) -> float | None:
-        base = self.baseline()
-        if base is None or row.method == "none":
-            return None
-        sign = 1.0 if self.higher_is_better else -1.0
-        return sign * (row.mean - base.mean)
-
-    def verdict(self, row: MethodRow) -> str:
-        """Plain words on whether the gain over the student alone is established."""
-        base, gain = self.baseline(), self.gain(row)
-        if base is None or gain is None:
-            return ""
-        if min(row.n, base.n) < 2:
-            return "one seed: no spread measured, gain not established"
-        spread = max(row.std, base.std)
-        if spread == 0 or abs(gain) > NOISE_SIGMAS * spread:
-            return f"{'gain' if gain > 0 else 'loss'} beyond {NOISE_SIGMAS:g}σ"
-        return f"within noise (|gain| ≤ {NOISE_SIGMAS:g}σ)"
-
-    def teacher_gap(self) -> float:
-        """How much better the teacher scores than the student alone (NaN without either)."""
-        base = self.baseline()
-        if base is None or self.teacher_score is None:
-            return math.nan
-        gap = self.teacher_score - base.mean
-        return gap if self.higher_is_better else -gap
-
-    def gap_closure(self, row: MethodRow) -> float | None:
-        if row.method == "none":
-            return None
-        gap = self.teacher_gap()
-        if not gap > 0:  # also NaN
-            return None  # the student alone already matches the teacher
-        return (self.gain(row) or 0.0) / gap
-
-    def kept(self, row: MethodRow) -> float | None:
-        """Fraction of the teacher's score kept: ``(student - floor) / (teacher - floor)`` when
-        the domain records a floor (a random policy's return: returns can be negative), else
-        ``student / teacher`` for a positive, higher-is-better score; None otherwise."""
-        t = self.teacher_score
-        if t is None or not self.higher_is_better:
-            return None
-        if self.teacher_floor is not None:
-            return (
-                (row.mean - self.teacher_floor) / (t - self.teacher_floor)
-                if t > self.teacher_floor
-                else None
-            )
-        return row.mean / t if t > 0 else None
-
-    def size_ratio(self, row: MethodRow) -> float:
-        return row.student_params / self.teacher_params if self.teacher_params else math.nan
+DomainSummary = GroupSummary  # the name this module used before common.stats held it
 
 
 def find_results(paths: Iterable[Path]) -> tuple[list[Path], list[str]]:
@@ -164,68 +58,6 @@ def load_all(paths: Iterable[Path]) -> tuple[list[dict[str, Any]], list[str]]:
     return results, problems
 
 
-def _teacher_score(teacher: dict[str, Any]) -> float | None:
-    score = teacher.get("score", teacher.get("test_accuracy"))
-    return float(score) if isinstance(score, (int, float)) else None
-
-
-def summarize(results: Sequence[dict[str, Any]]) -> list[DomainSummary]:
-    """Group student runs by (domain, dataset, teacher) and summarise each group."""
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    teacher_runs: dict[tuple[str, str, str], float] = {}
-    for r in results:
-        if r["role"] == "teacher":
-            key = (r["domain"], r["dataset"], r["student"].get("name", "?"))
-            teacher_runs[key] = float(r["wall_time_s"])
-            continue
-        teacher = r.get("teacher") or {}
-        groups.setdefault((r["domain"], r["dataset"], teacher.get("name", "?")), []).append(r)
-
-    summaries = []
-    for (domain, dataset, t_name), runs in sorted(groups.items()):
-        first = runs[0]
-        metric = first["metrics"]["primary"]
-        by_method: dict[str, list[dict[str, Any]]] = {}
-        for r in runs:
-            if r["metrics"]["primary"] == metric:
-                by_method.setdefault(r["method"], []).append(r)
-        teacher = first.get("teacher") or {}
-        t_speed = teacher.get("speed") or {}
-        rows = {}
-        for method, rs in sorted(by_method.items(), key=lambda kv: (kv[0] != "none", kv[0])):
-            s_speed = rs[0]["student"].get("speed") or {}
-            extra = rs[0].get("extra") or {}
-            speedup = None
-            if t_speed.get("throughput") and s_speed.get("throughput"):
-                speedup = s_speed["throughput"] / t_speed["throughput"]
-            rows[method] = MethodRow(
-                method=method,
-                scores=[float(r["metrics"]["final"][metric]) for r in rs],
-                wall_time_s=mean_std([float(r["wall_time_s"]) for r in rs])[0],
-                budget=rs[0].get("budget", {}),
-                student_params=int(rs[0]["student"]["params"]),
-                speedup=speedup,
-                data={k: int(v) for k in DATA_KEYS if isinstance(v := extra.get(k), (int, float))},
-            )
-        speed = {"teacher": t_speed, "student": first["student"].get("speed") or {}}
-        summaries.append(
-            DomainSummary(
-                domain=domain,
-                dataset=dataset,
-                metric=metric,
-                higher_is_better=bool(first["metrics"]["higher_is_better"]),
-                teacher_name=t_name,
-                teacher_params=int(teacher.get("params", 0)),
-                teacher_score=_teacher_score(teacher),
-                teacher_floor=teacher.get("floor"),
-                teacher_train_s=teacher_runs.get((domain, dataset, t_name)),
-                rows=rows,
-                speed=speed,
-            )
-        )
-    return summaries
-
-
 def _fmt(x: float | None, spec: str = ".3f", none: str = "n/a") -> str:
     return none if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
@@ -238,9 +70,20 @@ def _score(x: float | None, metric: str) -> str:
 
 
 def _mean_std(row: MethodRow, metric: str) -> str:
-    if "accuracy" in metric:
-        return f"{100 * row.mean:.2f} ± {100 * row.std:.2f}%"
-    return f"{row.mean:.1f} ± {row.std:.1f}"
+    """Mean ± seed std; one seed shows its score alone (no spread was measured)."""
+    pct = "accuracy" in metric
+    scale, digits, unit = (100.0, 2, "%") if pct else (1.0, 1, "")
+    if row.n < 2:
+        return f"{scale * row.mean:.{digits}f}{unit} (1 seed)"
+    return f"{scale * row.mean:.{digits}f} ± {scale * row.std:.{digits}f}{unit}"
+
+
+def _interval(interval: tuple[float, float] | None, metric: str) -> str:
+    """The test set's 95% interval as a half-width (it is symmetric up to rounding)."""
+    if interval is None:
+        return ""
+    half = (interval[1] - interval[0]) / 2
+    return f"±{100 * half:.2f}" if "accuracy" in metric else f"±{half:.1f}"
 
 
 def table_rows(s: DomainSummary) -> list[list[str]]:
@@ -249,6 +92,12 @@ def table_rows(s: DomainSummary) -> list[list[str]]:
         [
             "teacher",
             _score(s.teacher_score, s.metric),
+            _interval(
+                score_interval(s.teacher_score, s.teacher_sampling)
+                if s.teacher_score is not None
+                else None,
+                s.metric,
+            ),
             "",
             "",
             "",
@@ -265,6 +114,7 @@ def table_rows(s: DomainSummary) -> list[list[str]]:
             [
                 row.method if row.method != "none" else "student alone",
                 _mean_std(row, s.metric),
+                _interval(row.interval(), s.metric),
                 str(row.n),
                 ""
                 if gain is None
@@ -282,7 +132,8 @@ def table_rows(s: DomainSummary) -> list[list[str]]:
 
 HEADER = [
     "model",
-    "score (mean ± std)",
+    "score (mean ± seed std)",
+    "test 95% CI",
     "seeds",
     "gain",
     "gap closed",
@@ -315,7 +166,10 @@ def render_markdown(
     out = ["# Distillery report", ""]
     out.append(
         "Teacher vs student alone vs distilled students, read from `results.json` files. "
-        "*score*: the primary test metric, mean ± sample std over seeds; *gain*: over the "
+        "*score*: the primary test metric, mean ± sample std over seeds; *test 95% CI*: the "
+        "half-width of the test set's own 95% interval around that mean (Wilson for an "
+        "accuracy on n test examples, normal for a mean over n episodes): how far another "
+        "test set of the same size could move the score, beside the seed spread; *gain*: over the "
         "student alone (accuracy in points); *gap closed*: gain / (teacher − student alone); "
         "*kept*: fraction of the teacher's score (above a random policy's, where the domain "
         f"records one); *verdict*: a gain counts only beyond "
@@ -481,6 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     report, table = write_report(args.paths, args.out)
     print(table)
     print(f"\nreport: {report}")
+    if not summarize(load_all(args.paths)[0]):
+        print(f"error: no student results under {', '.join(map(str, args.paths))}", file=sys.stderr)
+        return 1
     return 0
 
 

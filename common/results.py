@@ -6,7 +6,7 @@ Schema (version 1), one JSON object:
 key              meaning
 ===============  ==========================================================================
 schema_version   1
-domain           "image-classification" | "nlp" | "reinforcement-learning"
+domain           a registered domain (common.domains): "image-classification", "nlp", ...
 dataset          dataset or environment id, e.g. "fashion-mnist", "CartPole-v1"
 role             "teacher" (a teacher's own training) or "student"
 method           "none" (student alone), "kd", "fitnet", ... or "teacher"
@@ -45,14 +45,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from common.domains import domain_names
 from common.errors import DistilleryError
 from common.io import atomic_write_json
-from common.metrics import gap_closure, mean_std
 from common.training import is_main_process
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
-DOMAINS = ("image-classification", "nlp", "reinforcement-learning")
 ROLES = ("teacher", "student")
 _LIBRARIES = (
     "torch",
@@ -102,15 +101,30 @@ def make_metrics(
     primary: str,
     higher_is_better: bool = True,
     best: dict[str, Any] | None = None,
+    sampling: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Build the ``metrics`` block; ``best`` is a loop's ``state.best`` (or None)."""
-    return {
+    """Build the ``metrics`` block; ``best`` is a loop's ``state.best`` (or None);
+    ``sampling`` says how the primary score was sampled (common.stats.proportion_sampling or
+    mean_sampling), for the test set's own 95% interval."""
+    block = {
         "final": dict(final),
         "best": dict(best["metrics"]) if best else None,
         "best_at": {"epoch": best["epoch"], "step": best["step"]} if best else None,
         "primary": primary,
         "higher_is_better": higher_is_better,
     }
+    if sampling is not None:
+        block["sampling"] = dict(sampling)
+    return block
+
+
+def accuracy_metrics(
+    final: dict[str, float], n_test: int, best: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The metrics block of a classifier scored by ``test/accuracy`` on ``n_test`` examples."""
+    from common.stats import proportion_sampling
+
+    return make_metrics(final, "test/accuracy", best=best, sampling=proportion_sampling(n_test))
 
 
 def library_versions() -> dict[str, str]:
@@ -177,8 +191,9 @@ def validate(data: Any) -> list[str]:
             problems.append(f"missing key {key!r}")
         elif not isinstance(data[key], typ) or isinstance(data[key], bool):
             problems.append(f"{key!r} should be {getattr(typ, '__name__', typ)}, got {data[key]!r}")
-    if data.get("domain") not in DOMAINS:
-        problems.append(f"domain {data.get('domain')!r} is not one of {DOMAINS}")
+    known = domain_names()
+    if data.get("domain") not in known:
+        problems.append(f"domain {data.get('domain')!r} is not one of {known}")
     if data.get("role") not in ROLES:
         problems.append(f"role {data.get('role')!r} is not one of {ROLES}")
     if not isinstance(data.get("teacher"), (dict, type(None))):
@@ -247,86 +262,3 @@ def load_results(path: Path) -> dict[str, Any]:
     if problems:
         raise ResultsError(f"{path} does not follow the results schema: " + "; ".join(problems))
     return data
-
-
-def summarize_classification(
-    runs: dict[str, list[dict]], teacher: dict[str, Any]
-) -> dict[str, Any]:
-    """Per method over seeds (results dicts of classification runs): test accuracy mean and
-    std, agreement, ECE, wall time, the gain over the student alone (also in units of the
-    larger seed std, and its Welch standard error) and the gap closure."""
-    rows: dict[str, Any] = {}
-    for method, results in runs.items():
-        accs = [r["metrics"]["final"]["test/accuracy"] for r in results]
-        mean, std = mean_std(accs)
-        agree = mean_std(
-            [r["metrics"]["final"].get("test/agreement", float("nan")) for r in results]
-        )
-        rows[method] = {
-            "n_seeds": len(accs),
-            "accuracy_mean": mean,
-            "accuracy_std": std,
-            "accuracies": accs,
-            "agreement_mean": agree[0],
-            "ece_mean": mean_std([r["metrics"]["final"]["test/ece"] for r in results])[0],
-            "wall_time_s_mean": mean_std([r["wall_time_s"] for r in results])[0],
-        }
-    base = rows.get("none")
-    for method, row in rows.items():
-        if base is None or method == "none":
-            continue
-        gain = row["accuracy_mean"] - base["accuracy_mean"]
-        # The issue's yardstick: the gain in units of the larger of the two seed spreads
-        # (an effect size, not a test); the Welch standard error of the gain is reported too.
-        spread = max(row["accuracy_std"], base["accuracy_std"])
-        se = (
-            row["accuracy_std"] ** 2 / row["n_seeds"] + base["accuracy_std"] ** 2 / base["n_seeds"]
-        ) ** 0.5
-        row["gain_over_none"] = gain
-        row["gain_in_std"] = gain / spread if spread > 0 else None
-        row["gain_se"] = se if min(row["n_seeds"], base["n_seeds"]) > 1 else None
-        row["gap_closure"] = gap_closure(
-            row["accuracy_mean"], base["accuracy_mean"], teacher["test_accuracy"]
-        )
-    return {"teacher": teacher, "methods": rows}
-
-
-def print_classification_summary(summary: dict[str, Any], items: str = "images") -> None:
-    """The terminal table of :func:`summarize_classification` plus ``summary["student"]`` and
-    ``summary["speed"]`` (teacher and student ``speed_profile``); ``items``: what is counted."""
-    t, s = summary["teacher"], summary["student"]
-    print(
-        f"\nTest accuracy ({t['test_size']} {items}). Teacher {t['name']}: "
-        f"{100 * t['test_accuracy']:.2f}%, {t['params']:,} params; student {s['name']}: "
-        f"{s['params']:,} params (1/{t['params'] / s['params']:.1f} of the teacher)"
-    )
-    print(
-        f"{'method':14s} {'accuracy':>18s} {'seeds':>5s} {'gain':>7s} {'gain/σmax':>9s} "
-        f"{'gap closed':>10s} {'of teacher':>10s} {'agree':>6s} {'ECE':>6s} {'time/run':>8s}"
-    )
-    for method, r in summary["methods"].items():
-        gain = f"{100 * r['gain_over_none']:+.2f}" if "gain_over_none" in r else ""
-        sig = r.get("gain_in_std")
-        sig_s = f"{sig:.1f}" if sig is not None else ("n/a" if "gain_over_none" in r else "")
-        closure = f"{r['gap_closure']:.2f}" if "gap_closure" in r else ""
-        print(
-            f"{method:14s} {100 * r['accuracy_mean']:8.2f} ± {100 * r['accuracy_std']:5.2f}% "
-            f"{r['n_seeds']:5d} {gain:>7s} {sig_s:>9s} {closure:>10s} "
-            f"{100 * r['accuracy_mean'] / t['test_accuracy']:9.1f}% "
-            f"{100 * r['agreement_mean']:5.1f}% {100 * r['ece_mean']:5.2f}% "
-            f"{r['wall_time_s_mean']:7.0f}s"
-        )
-    if any(r["n_seeds"] < 2 for r in summary["methods"].values()):
-        print("One seed per method: no spread is measured, so no gain can be called significant.")
-    base = summary["methods"].get("none")
-    if base is not None and t["test_accuracy"] <= base["accuracy_mean"]:
-        print("The teacher is no better than the student alone: gap closure is not meaningful.")
-    sp = summary.get("speed")
-    if sp:
-        ts, ss = sp["teacher"], sp["student"]
-        print(
-            f"Inference (CPU, measured side by side): batch-1 latency teacher "
-            f"{ts['latency_b1_ms']:.2f} ms vs student {ss['latency_b1_ms']:.2f} ms; batch-"
-            f"{ts['batch']} throughput teacher {ts['throughput']:.0f} vs student "
-            f"{ss['throughput']:.0f} {items}/s ({ss['throughput'] / ts['throughput']:.1f}x)"
-        )

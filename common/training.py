@@ -8,7 +8,8 @@ batch) and an iterable of dict batches; the loop does the rest the same way ever
   ``accelerate launch``;
 * the teacher is moved to the device, frozen, kept in ``eval()`` and run under
   ``torch.no_grad()``; it is skipped entirely when no loss term reads it;
-* a non-finite loss stops the run before the optimizer step, so no checkpoint holds it;
+* a non-finite loss stops the run before the optimizer step, so no checkpoint holds it, and
+  a loss that explodes far above its start stops the run too (``divergence_factor``);
 * logging, evaluation and checkpointing are :class:`~common.callbacks.Callback` objects.
 """
 
@@ -26,7 +27,7 @@ from accelerate.utils import DataLoaderConfiguration
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from common.errors import ConfigError, NonFiniteLossError
+from common.errors import ConfigError, DivergenceError, NonFiniteLossError
 from common.losses.registry import CombinedLoss
 
 Batch = Mapping[str, Any]
@@ -51,6 +52,9 @@ class LoopConfig:
     """Stop after this many optimizer steps, even mid-epoch (equal-budget comparisons)."""
     max_grad_norm: float | None = None
     """Clip the global gradient norm to this value; None disables clipping."""
+    divergence_factor: float | None = 100.0
+    """Stop when the loss, smoothed over ~20 steps, exceeds this many times its value over
+    the first steps (a diverging run is stopped, not trained on to the end); None: never."""
 
 
 @dataclass
@@ -190,6 +194,8 @@ class DistillationLoop:
         self.adapter = adapter
         self.callbacks = list(callbacks)
         self.state = LoopState()
+        self._start_losses: list[float] = []
+        self._ema = 0.0
         self.teacher = None
         if teacher is not None and loss_fn.needs_teacher:
             teacher = teacher.to(accelerator.device).eval()
@@ -241,11 +247,38 @@ class DistillationLoop:
         c = self.config
         return self.state.stop or (c.max_steps is not None and self.state.step >= c.max_steps)
 
-    def _check_finite(self, out: Mapping[str, Tensor]) -> None:
-        bad = ~torch.isfinite(out["loss"].detach())
+    _WARMUP = 10
+    """Steps whose mean loss is the reference a diverging loss is measured against."""
+
+    def _check_divergence(self, loss: float) -> None:
+        factor = self.config.divergence_factor
+        if factor is None or not math.isfinite(loss):
+            return
+        if len(self._start_losses) < self._WARMUP:
+            self._start_losses.append(loss)
+            self._ema = sum(self._start_losses) / len(self._start_losses)
+            return
+        self._ema = 0.9 * self._ema + 0.1 * loss
+        start = sum(self._start_losses) / len(self._start_losses)
+        if start > 0 and self._ema > factor * start:
+            raise DivergenceError(
+                f"training diverged at epoch {self.state.epoch}, step {self.state.step}: the "
+                f"loss (smoothed) is {self._ema:.4g}, over {factor:g}x its start ({start:.4g}). "
+                "The last checkpoint is intact. Lower the learning rate (--lr), clip gradients, "
+                "or check the inputs."
+            )
+
+    def _check_finite(self, out: Mapping[str, Tensor]) -> float:
+        """Stop on a non-finite loss; returns the loss averaged over processes (what the
+        divergence check follows, so every process decides alike)."""
+        loss = out["loss"].detach().float()
+        bad = ~torch.isfinite(loss)
         if self.accelerator.num_processes > 1:
-            # Every process must stop together, or the others hang in the next all-reduce.
-            bad = self.accelerator.reduce(bad.float(), reduction="sum") > 0
+            # Every process must stop together, or the others hang in the next all-reduce:
+            # one all-reduce carries both the verdict and the loss.
+            both = torch.stack([bad.float(), torch.nan_to_num(loss)])
+            both = self.accelerator.reduce(both, reduction="sum")
+            bad, loss = both[0] > 0, both[1] / self.accelerator.num_processes
         if bool(bad):
             terms = {k: float(v.detach()) for k, v in out.items()}
             raise NonFiniteLossError(
@@ -253,6 +286,7 @@ class DistillationLoop:
                 "Nothing was written for this step; the last checkpoint is intact. Try a lower "
                 "learning rate, gradient clipping (max_grad_norm), or check the inputs for NaN."
             )
+        return float(loss)
 
     def run(self) -> LoopState:
         self._call("on_train_begin")
@@ -288,7 +322,7 @@ class DistillationLoop:
                 with torch.no_grad():
                     teacher_out = self.adapter.teacher(self.teacher, batch)
             out = self.module(batch, teacher_out)
-            self._check_finite(out)
+            mean_loss = self._check_finite(out)
             acc.backward(out["loss"])
             if acc.sync_gradients and self.config.max_grad_norm is not None:
                 acc.clip_grad_norm_(self.module.parameters(), self.config.max_grad_norm)
@@ -300,6 +334,7 @@ class DistillationLoop:
         if acc.sync_gradients:
             self.state.step += 1
             logs = {k: float(v.detach()) for k, v in out.items()}
+            self._check_divergence(mean_loss)
             logs["lr"] = float(self.optimizer.param_groups[0]["lr"])
             self._call("on_step_end", logs)
 

@@ -12,9 +12,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from safetensors.torch import load_model
 from torch import nn
 
+from common.domains import check_model_folder
 from common.errors import CheckpointError
 from common.io import atomic_write_json, save_model_atomic
 from common.training import is_main_process
@@ -43,6 +45,23 @@ class ModelConfig:
     """ResNet stem (see TappedResNet); ignored for CNNs."""
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def for_data(cls, data: Any, family: str, arch: str, dataset: str, **more: Any) -> ModelConfig:
+        """A config whose classes, input shape and normalisation are ``data``'s (an
+        :class:`~image_classification.data.images.ImageData`)."""
+        return cls(
+            family=family,
+            arch=arch,
+            num_classes=data.num_classes,
+            in_channels=data.shape[0],
+            image_size=data.shape[1:],
+            classes=data.classes,
+            mean=data.mean,
+            std=data.std,
+            dataset=dataset,
+            **more,
+        )
+
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     if cfg.family == "resnet":
@@ -65,18 +84,30 @@ def save_model_dir(model: nn.Module, cfg: ModelConfig, directory: Path) -> Path:
 def load_model_dir(directory: Path) -> tuple[nn.Module, ModelConfig]:
     """Rebuild a saved model in eval mode; errors name the folder and the fix."""
     directory = Path(directory)
+    check_model_folder(directory, "image-classification")
     if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
         raise CheckpointError(
             f"{directory} is not a saved model (needs {CONFIG} and {WEIGHTS}). Train one first "
             "with `python -m image_classification.scripts.train_teacher` (or distill.py), or "
             "pass the folder it wrote."
         )
-    raw = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
-    raw["image_size"] = tuple(raw["image_size"])
-    cfg = ModelConfig(**raw)
+    try:
+        raw = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
+        raw["image_size"] = tuple(raw["image_size"])
+        cfg = ModelConfig(**raw)
+    except (ValueError, TypeError, KeyError) as err:
+        raise CheckpointError(
+            f"{directory / CONFIG} is not a valid model config ({type(err).__name__}: {err}); "
+            "restore it from the run that wrote it, or train the model again"
+        ) from None
     model = build_model(cfg)
     try:
         load_model(model, str(directory / WEIGHTS))
+    except SafetensorError as err:
+        raise CheckpointError(
+            f"{directory / WEIGHTS} is unreadable ({err}): the file is truncated or damaged; "
+            "restore it, or train the model again"
+        ) from None
     except RuntimeError as err:
         raise CheckpointError(f"{directory}/{WEIGHTS} does not match its {CONFIG}: {err}") from None
     return model.eval(), cfg

@@ -1,12 +1,9 @@
-"""What train_teacher.py and distill.py share: the forward adapter, evaluation, the
-optimizer/schedule, one training run through the shared loop, and speed measurement."""
+"""What train_teacher.py and distill.py share: the forward adapter, evaluation, one training
+run (common's recipe on image loaders), and speed measurement."""
 
 from __future__ import annotations
 
 import copy
-import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,13 +11,6 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from common.cache import CachedTeacherAdapter
-from common.callbacks import (
-    CheckpointCallback,
-    EvaluateCallback,
-    JsonlLogger,
-    ProgressBar,
-    TensorBoardLogger,
-)
 from common.losses import CombinedLoss
 from common.metrics import (
     classification_metrics,
@@ -29,15 +19,8 @@ from common.metrics import (
     model_size_bytes,
     speed_profile,
 )
-from common.training import (
-    DistillationLoop,
-    ForwardAdapter,
-    LoopConfig,
-    LoopState,
-    make_accelerator,
-    make_optimizer,
-    trainable_parameters,
-)
+from common.recipe import Recipe, train
+from common.training import ForwardAdapter, LoopState
 from image_classification.data.images import ImageData, make_loader
 
 
@@ -91,82 +74,41 @@ def predict_logits(model: nn.Module, loader: DataLoader) -> tuple[Tensor, Tensor
     return torch.cat(logits), torch.cat(labels)
 
 
-@dataclass
-class TrainSpec:
-    """One training run of an image model (teacher or student)."""
-
-    name: str
-    run_dir: Path
-    epochs: int
-    batch_size: int
-    optimizer: str
-    lr: float
-    weight_decay: float
-    augment: tuple[str, ...]
-    seed: int
-    resume: bool = True
-    checkpoint_every: int | None = 200
-    max_steps: int | None = None
-    """Stop after this many optimizer steps (equal budgets over training sets of different
-    sizes); unset: ``epochs`` full passes."""
-    eval_every_epochs: int = 1
-    """Validate after every this many epochs (and at the end): many short epochs over a small
-    labelled subset need not each pay for a pass over the validation split."""
-
-
 def run_training(
     model: nn.Module,
     loss: CombinedLoss,
     data: ImageData,
-    spec: TrainSpec,
+    recipe: Recipe,
+    *,
+    batch_size: int,
+    augment: tuple[str, ...],
+    seed: int,
+    num_workers: int = 0,
     teacher: nn.Module | None = None,
     config: dict[str, Any] | None = None,
     teacher_val_logits: Tensor | None = None,
     adapter: ForwardAdapter | None = None,
-) -> tuple[nn.Module, LoopState, float]:
-    """Train ``model`` through the shared loop; returns it (unwrapped), the loop state and
-    the wall time in seconds. ``teacher`` may be a model or a
+) -> tuple[nn.Module, LoopState]:
+    """Train ``model`` on ``data.train`` with common's recipe, validating on ``data.val``;
+    returns it (unwrapped, eval mode) and the loop state. ``teacher`` may be a model or a
     :class:`~common.cache.TeacherOutputCache` (then pass a ``CachedTeacherAdapter``)."""
-    start = time.perf_counter()
     train_loader = make_loader(
-        data.train, data, spec.batch_size, shuffle=True, augment=spec.augment, seed=spec.seed
+        data.train,
+        data,
+        batch_size,
+        shuffle=True,
+        augment=augment,
+        seed=seed,
+        num_workers=num_workers,
     )
     val_loader = make_loader(data.val, data, 512, shuffle=False)
-    steps = spec.epochs * len(train_loader)
-    if spec.max_steps is not None:
-        steps = min(steps, spec.max_steps)
-    optimizer, schedule = make_optimizer(
-        trainable_parameters(model, loss), spec.optimizer, spec.lr, spec.weight_decay, steps
-    )
 
     def evaluate(m: nn.Module) -> dict[str, float]:
         return classification_metrics(*predict_logits(m, val_loader), "val", teacher_val_logits)
 
-    loop = DistillationLoop(
-        student=model,
-        teacher=teacher,
-        loss_fn=loss,
-        adapter=adapter or ImageAdapter(),
-        train_data=train_loader,
-        optimizer=optimizer,
-        scheduler=schedule,
-        accelerator=make_accelerator(),
-        config=LoopConfig(epochs=spec.epochs, max_steps=spec.max_steps),
-        callbacks=[
-            EvaluateCallback(evaluate, monitor="val/accuracy", every_epochs=spec.eval_every_epochs),
-            ProgressBar(desc=spec.name),
-            CheckpointCallback(
-                spec.run_dir / "checkpoints",
-                every_steps=spec.checkpoint_every,
-                resume=spec.resume,
-                config=config,
-            ),
-            JsonlLogger(spec.run_dir / "metrics.jsonl"),
-            TensorBoardLogger(spec.run_dir / "tensorboard"),
-        ],
+    return train(
+        model, loss, adapter or ImageAdapter(), train_loader, evaluate, recipe, teacher, config
     )
-    state = loop.run()
-    return loop.student.eval(), state, time.perf_counter() - start
 
 
 def speed_report(

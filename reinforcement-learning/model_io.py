@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_model
 
+from common.domains import check_model_folder
 from common.errors import CheckpointError, ShapeMismatchError
 from common.io import atomic_write_json, save_model_atomic
 from common.training import is_main_process
@@ -67,6 +68,7 @@ def save_policy_dir(model: CompactPolicy, cfg: PolicyConfig, directory: Path) ->
 def load_policy_dir(directory: Path) -> tuple[CompactPolicy, PolicyConfig]:
     """Rebuild a saved student in eval mode; errors name the folder and the fix."""
     directory = Path(directory)
+    check_model_folder(directory, "reinforcement-learning")
     if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
         raise CheckpointError(
             f"{directory} is not a saved student policy (needs {CONFIG} and {WEIGHTS}). Make one "

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from common.callbacks import EvaluateCallback, JsonlLogger, ProgressBar
-from common.losses import CombinedLoss, build_loss
+from common.losses import CombinedLoss
 from common.metrics import count_flops, count_parameters, model_size_bytes, speed_profile
+from common.recipe import Recipe, standard_callbacks
 from common.training import (
     DistillationLoop,
     LoopConfig,
@@ -51,16 +51,6 @@ class PolicyAdapter:
 
     def teacher(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return model(batch["obs"].to(_device(model)))
-
-
-def distillation_loss(spec: SpaceSpec, temperature: float) -> tuple[CombinedLoss, dict]:
-    """``policy_kl`` (tempered teacher softmax) for discrete actions, ``gaussian_kl`` for
-    continuous ones; and the loss description for results.json."""
-    if spec.continuous:
-        weights, options = {"gaussian_kl": 1.0}, {}
-    else:
-        weights, options = {"policy_kl": 1.0}, {"policy_kl": {"temperature": temperature}}
-    return build_loss(weights, options), {"weights": weights, "options": options}
 
 
 def greedy(model: nn.Module, spec: SpaceSpec) -> Act:
@@ -136,6 +126,8 @@ class DistillSpec:
     seed: int
     val_episodes: int = 5
     eval_every: int = 1
+    mixed_precision: str = "no"
+    grad_accum: int = 1
 
 
 @dataclass
@@ -182,6 +174,18 @@ def run_distillation(
         metrics, _ = evaluate_returns(model, env_id, spec, run.val_episodes, VAL_SEED, "val")
         return {"val/return": metrics["val/return_mean"], **batches.last()}
 
+    # Common's recipe for the bookkeeping (one round is an epoch; no checkpoints yet).
+    recipe = Recipe(
+        name=run.name,
+        run_dir=run.run_dir,
+        epochs=run.rounds,
+        lr=run.lr,
+        weight_decay=0.0,
+        monitor="val/return",
+        eval_every_epochs=run.eval_every,
+        checkpoints=False,
+        tensorboard=False,
+    )
     loop = DistillationLoop(
         student=student,
         teacher=teacher,
@@ -189,13 +193,11 @@ def run_distillation(
         adapter=PolicyAdapter(),
         train_data=batches,
         optimizer=optimizer,
-        accelerator=make_accelerator(),
+        accelerator=make_accelerator(
+            mixed_precision=run.mixed_precision, gradient_accumulation_steps=run.grad_accum
+        ),
         config=LoopConfig(epochs=run.rounds),
-        callbacks=[
-            EvaluateCallback(evaluate, monitor="val/return", every_epochs=run.eval_every),
-            ProgressBar(desc=run.name),
-            JsonlLogger(run.run_dir / "metrics.jsonl"),
-        ],
+        callbacks=standard_callbacks(recipe, evaluate, None),
     )
     try:
         state = loop.run()

@@ -7,6 +7,7 @@ import sys
 import types
 
 from common import main_job
+from common.domains import Domain
 from common.errors import ConfigError
 
 TINY_IMAGES = {
@@ -29,7 +30,9 @@ def _fake_domain(monkeypatch, name: str, fail: bool) -> None:
 
     mod.main = run  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, name, mod)
-    monkeypatch.setitem(main_job.PIPELINES, "nlp", main_job.Pipeline(name, name))
+    real = main_job.get_domain
+    fake = Domain("nlp", name, name)
+    monkeypatch.setattr(main_job, "get_domain", lambda d: fake if d == "nlp" else real(d))
 
 
 def test_plan_wires_teacher_output_into_distill(tmp_path):
@@ -45,7 +48,7 @@ def test_plan_wires_teacher_output_into_distill(tmp_path):
 
 def test_tiny_main_job_runs_reports_and_reuses_the_teacher(tmp_path, monkeypatch, capsys):
     _fake_domain(monkeypatch, "fake_nlp_scripts", fail=True)
-    argv = ["--domains", "image-classification", "nlp", "--out-dir", str(tmp_path)]
+    argv = ["--domains", "image-classification", "nlp", "--out-dir", str(tmp_path), "--seeds", "1"]
     status = main_job.main(argv, TINY_IMAGES)
     out = capsys.readouterr().out
     assert status == 1, "a failed domain makes the job fail"

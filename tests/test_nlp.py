@@ -13,6 +13,7 @@ import socket
 
 import pytest
 import torch
+from conftest import NLP_SMALL
 
 from common.errors import CheckpointError, ConfigError
 from common.results import load_results
@@ -27,9 +28,9 @@ from nlp.data.text import (
 from nlp.model_io import read_meta
 from nlp.scripts import distill, predict, train_teacher
 from nlp.student_model.bert import build_student, layer_subset, pca_embeddings, truncated_teacher
-from nlp.teacher_model.bert import load_classifier, load_tokenizer, resolve_checkpoint
+from nlp.teacher_model.bert import load_classifier, load_tokenizer
 
-SMALL = ["--max-train", "128", "--max-test", "64", "--max-length", "32", "--batch-size", "32"]
+SMALL = NLP_SMALL
 
 
 @pytest.fixture
@@ -56,34 +57,8 @@ def minilm():
 
 
 @pytest.fixture(scope="module")
-def one_layer_base(tmp_path_factory):
-    """The packaged MiniLM cut to its first layer, saved as a local checkpoint folder."""
-    from transformers import AutoModel
-
-    out = tmp_path_factory.mktemp("minilm-1layer")
-    path, _ = resolve_checkpoint("minilm")
-    AutoModel.from_pretrained(path, num_hidden_layers=1, local_files_only=True).save_pretrained(out)
-    load_tokenizer("minilm").save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(one_layer_base, tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher")
-    train_teacher.main(
-        [
-            *SMALL,
-            "--teacher",
-            str(one_layer_base),
-            "--epochs",
-            "1",
-            "--lr",
-            "2e-4",
-            "--out-dir",
-            str(out),
-        ]
-    )
-    return out / "model"
+def teacher_dir(nlp_teacher):
+    return nlp_teacher
 
 
 # --------------------------------------------------------------------------- data
@@ -313,7 +288,7 @@ def test_each_method_runs_end_to_end(teacher_dir, tmp_path, method, student):
         ]
     )
     row = summary["methods"][method]
-    assert 0.0 < row["accuracy_mean"] <= 1.0 and row["n_seeds"] == 1
+    assert 0.0 < row["mean"] <= 1.0 and row["n_seeds"] == 1
     res = load_results(tmp_path / method / "seed-0")
     assert res["domain"] == "nlp" and res["method"] == method and res["role"] == "student"
     expected_terms = {
@@ -340,9 +315,8 @@ def test_each_method_runs_end_to_end(teacher_dir, tmp_path, method, student):
         assert res["extra"]["taps"]["attention"] == [2, 1]
     lines = (tmp_path / method / "seed-0" / "metrics.jsonl").read_text().splitlines()
     assert "val/accuracy" in json.loads(lines[-1])
-    speed = summary["speed"]
-    if student == "tiny":  # (the truncated student of a one-layer teacher is that teacher)
-        assert speed["student"]["throughput"] > speed["teacher"]["throughput"]
+    # Speeds are recorded (the benchmark script compares them; a test must not time anything).
+    assert summary["speed"]["student"]["throughput"] > 0
     assert res["teacher"]["speed"]["unit"] == "texts/s" and res["teacher"]["score"] > 0
     cache = res["extra"]["teacher_cache"]
     if method in ("none",):
@@ -350,7 +324,7 @@ def test_each_method_runs_end_to_end(teacher_dir, tmp_path, method, student):
     elif method == "kd":
         assert cache["enabled"] and cache["examples"] == 160 and cache["batches_served"] == 5
     else:  # hidden states and attention maps come from the live teacher
-        assert cache["enabled"] is False and "live" in cache["reason"]
+        assert cache["enabled"] is False and cache["mode"] == "live" and "live" in cache["reason"]
 
 
 def test_seeds_give_mean_std_and_the_student_loads_in_pipeline(teacher_dir, tmp_path, no_network):
@@ -363,11 +337,12 @@ def test_seeds_give_mean_std_and_the_student_loads_in_pipeline(teacher_dir, tmp_
     )  # fmt: skip
     kd, none = summary["methods"]["kd"], summary["methods"]["none"]
     assert kd["n_seeds"] == none["n_seeds"] == 2
-    a, b = none["accuracies"]
-    assert none["accuracy_mean"] == pytest.approx((a + b) / 2)
-    assert none["accuracy_std"] == pytest.approx(abs(a - b) / 2**0.5)
-    assert kd["gain_over_none"] == pytest.approx(kd["accuracy_mean"] - none["accuracy_mean"])
-    assert summary["param_ratio"] > 3 and (tmp_path / "summary.json").is_file()
+    a, b = none["scores"]
+    assert none["mean"] == pytest.approx((a + b) / 2)
+    assert none["std"] == pytest.approx(abs(a - b) / 2**0.5)
+    assert kd["gain_over_none"] == pytest.approx(kd["mean"] - none["mean"])
+    assert summary["teacher"]["params"] > 3 * kd["student_params"]
+    assert (tmp_path / "summary.json").is_file()
     assert {load_results(tmp_path / "kd" / f"seed-{k}")["seed"] for k in (0, 1)} == {0, 1}
 
     model_dir = tmp_path / "kd" / "seed-0" / "model"
@@ -432,7 +407,7 @@ def test_missing_teacher_and_bad_options_say_what_to_do(teacher_dir, tmp_path):
         distill.main(["--teacher", str(tmp_path / "nope")])
     with pytest.raises(CheckpointError, match="train_teacher"):
         predict.predict(tmp_path / "nope", ["fine"])
-    with pytest.raises(ConfigError, match="bad method 'kd\\+none'"):
+    with pytest.raises(ConfigError, match=r"unknown method 'kd\+none'.*kd\+hidden"):
         distill.main(["--teacher", str(teacher_dir), "--methods", "kd+none"])
     with pytest.raises(ConfigError, match=r"bad layer pair '3:1'.*student layers 0\.\.2"):
         distill.main(
@@ -453,7 +428,7 @@ def test_quick_presets_distil_a_useful_student(tmp_path):
     )  # fmt: skip
     # Sizes, not speeds: a timing asserted in a test fails on a busy machine (the benchmark
     # measures speed).
-    assert summary["param_ratio"] >= 5
+    assert summary["teacher"]["params"] >= 5 * summary["methods"]["kd"]["student_params"]
     # One seed on 600 test sentences: kd vs none differ by noise here (the full preset's 3
     # seeds are the comparison); the distilled student must keep most of the teacher's skill.
-    assert summary["methods"]["kd"]["accuracy_mean"] >= 0.85 * t_acc
+    assert summary["methods"]["kd"]["mean"] >= 0.85 * t_acc

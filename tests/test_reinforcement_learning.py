@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import RL_TINY
 from PIL import Image
 
 from common.checkpoint import latest_checkpoint
@@ -42,26 +43,12 @@ from reinforcement_learning.teacher_model import ppo
 from reinforcement_learning.teacher_model.hyperparams import env_settings
 from reinforcement_learning.teacher_model.ppo import TeacherError, load_teacher
 
-# A tiny distillation budget: 2 rounds of 256 env steps, 20 optimizer steps each.
-TINY = [
-    "--rounds", "2", "--steps-per-round", "256", "--train-steps-per-round", "20",
-    "--n-envs", "4", "--eval-episodes", "3", "--val-episodes", "1", "--batch-size", "64",
-]  # fmt: skip
-
-
-def _sb3_tmp_dirs() -> set[str]:
-    return {p.name for p in Path("/tmp").glob("SB3-*")}
+TINY = RL_TINY
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher")
-    before = _sb3_tmp_dirs()
-    train_teacher.main(["--timesteps", "3072", "--eval-episodes", "3", "--out-dir", str(out)])
-    # SB3 logs into the run directory, never into /tmp/SB3-* folders.
-    assert _sb3_tmp_dirs() == before
-    assert (out / "sb3" / "progress.csv").is_file()
-    return out / "model"
+def teacher_dir(rl_teacher):
+    return rl_teacher
 
 
 def _student_config(continuous: bool, stats: ObsNormalization) -> PolicyConfig:
@@ -283,8 +270,9 @@ def test_each_method_runs_end_to_end(teacher_dir, tmp_path, method):
     row = summary["methods"][method]
     run = tmp_path / method / "seed-0"
     res = load_results(run)
-    assert row["n_seeds"] == 1 and row["return_mean"] == res["metrics"]["final"]["test/return_mean"]
-    assert row["env_steps_mean"] == res["budget"]["env_steps"]
+    assert row["n_seeds"] == 1 and row["mean"] == res["metrics"]["final"]["test/return_mean"]
+    assert row["std"] is None  # one seed: no spread measured
+    assert row["budget"]["env_steps"] == res["budget"]["env_steps"]
     assert res["method"] == method and res["role"] == "student" and res["seed"] == 0
     assert res["student"]["params"] * 20 <= res["teacher"]["params"]
     final = res["metrics"]["final"]
@@ -330,7 +318,7 @@ def test_distillation_copies_the_teacher(teacher_dir, tmp_path):
             "--val-episodes", "1", "--out-dir", str(tmp_path),
         ]
     )  # fmt: skip
-    assert summary["methods"]["distill"]["agreement_mean"] > 0.9
+    assert summary["methods"]["distill"]["metric_means"]["test/agreement"] > 0.9
     teacher = load_teacher(teacher_dir)
     torch.manual_seed(0)
     untrained = CompactPolicy(4, 2, [16], normalization=teacher.normalization)
@@ -346,10 +334,10 @@ def test_seeds_give_mean_and_std(teacher_dir, tmp_path):
          "--out-dir", str(tmp_path)]
     )  # fmt: skip
     row, base = summary["methods"]["distill"], summary["methods"]["none"]
-    a, b = row["returns"]
-    assert row["n_seeds"] == 2 and row["return_mean"] == pytest.approx((a + b) / 2)
-    assert row["return_std"] == pytest.approx(abs(a - b) / 2**0.5)
-    assert row["gain_over_none"] == pytest.approx(row["return_mean"] - base["return_mean"])
+    a, b = row["scores"]
+    assert row["n_seeds"] == 2 and row["mean"] == pytest.approx((a + b) / 2)
+    assert row["std"] == pytest.approx(abs(a - b) / 2**0.5)
+    assert row["gain_over_none"] == pytest.approx(row["mean"] - base["mean"])
     assert {load_results(tmp_path / "distill" / f"seed-{k}")["seed"] for k in (0, 1)} == {0, 1}
 
 
@@ -369,7 +357,7 @@ def test_gaussian_teacher_and_student_on_pendulum(tmp_path):
     res = load_results(tmp_path / "d" / "dagger" / "seed-0")
     assert res["loss"]["weights"] == {"gaussian_kl": 1.0}
     assert "test/action_gap" in res["metrics"]["final"]
-    assert summary["methods"]["dagger"]["params"] * 10 <= summary["teacher"]["params"]
+    assert summary["methods"]["dagger"]["student_params"] * 10 <= summary["teacher"]["params"]
     policy = StudentPolicy.load(tmp_path / "d" / "dagger" / "seed-0" / "model")
     action = policy.predict(np.array([1.0, 0.0, 0.0], np.float32))
     assert action.shape == (1,) and -2.0 <= action[0] <= 2.0

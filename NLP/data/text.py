@@ -102,7 +102,21 @@ def _read_sms(path: Path) -> list[tuple[str, str]]:
 
 def read_records(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows of a CSV (with a header) or JSONL file, and the column names seen."""
-    path = Path(path)
+    try:
+        return _read_records(Path(path))
+    except UnicodeDecodeError as err:
+        raise not_utf8(path, err) from None
+
+
+def not_utf8(path: Path, err: UnicodeDecodeError) -> DataError:
+    """The error for a text file that is not UTF-8."""
+    return DataError(
+        f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8 (e.g. "
+        "iconv -f latin1 -t utf-8) and run again"
+    )
+
+
+def _read_records(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
     if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
@@ -315,7 +329,10 @@ def load_transfer(
                 "nor an existing file (CSV/JSONL with a 'text' column, or .txt, one per line)"
             )
         if path.suffix.lower() == ".txt":
-            texts = path.read_text(encoding="utf-8").splitlines()
+            try:
+                texts = path.read_text(encoding="utf-8").splitlines()
+            except UnicodeDecodeError as err:
+                raise not_utf8(path, err) from None
         else:
             rows, columns = read_records(path)
             _require_columns(path, columns, ("text",))
@@ -425,11 +442,15 @@ class Collator:
         return batch
 
 
-def make_loader(split: Dataset, batch_size: int, shuffle: bool, pad_id: int = 0) -> DataLoader:
+def make_loader(
+    split: Dataset, batch_size: int, shuffle: bool, pad_id: int = 0, num_workers: int = 0
+) -> DataLoader:
     """A DataLoader of padded dict batches over a tokenized split (indices are the dataset)."""
     return DataLoader(
         range(len(split)),
         batch_size=batch_size,
         shuffle=shuffle,
         collate_fn=Collator(split, pad_id),
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
     )

@@ -12,40 +12,35 @@ median after a warm-up. Inference: batch-1 latency and batch-64 throughput, side
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from common.benchmark import in_fresh_process, run_configs, summarize, time_steps
+from common.benchmark import BenchmarkArgs, check_teacher_file, run_benchmark, time_steps
 from common.cli import parse_args, run_main
-from common.errors import ConfigError
 from common.io import atomic_write_json
+
+DOMAIN = "nlp"
 
 
 @dataclass
-class Args:
+class Args(BenchmarkArgs):
     """Time distillation steps (live teacher, cached teacher) against student-alone steps."""
 
+    warmup_steps: int = 5
+    """Untimed steps first."""
+    steps: int = 40
+    """Timed steps per configuration."""
     teacher: Path = Path("runs/quick/nlp/teacher/model")
     """Fine-tuned teacher folder (train_teacher.py); the quick preset's by default."""
-    student: str = "tiny"
+    student: Literal["tiny", "small", "truncated"] = "tiny"
     """Student size: tiny, small or truncated."""
     batch_size: int = 32
     """Sentences per step."""
     texts: int = 2048
     """Labelled training sentences used (the cache covers these)."""
-    warmup_steps: int = 5
-    """Untimed steps first."""
-    steps: int = 40
-    """Timed steps per configuration."""
-    threads: int | None = None
-    """torch threads in each measurement; unset: torch's default (the machine's cores)."""
-    cache_dir: Path = Path("runs/benchmark/nlp/cache")
-    """Where the benchmark's teacher cache goes."""
-    out: Path = Path("runs/benchmark/nlp/benchmark.json")
-    """Where the figures are written as JSON."""
 
 
 def _setup(args: Args) -> tuple[Any, Any, Any, Any]:
@@ -111,7 +106,7 @@ def _measure(config: str, args: Args) -> dict[str, Any]:
             )
             ordered = make_loader(train, 128, False, pad_id)
             model_teacher, stats = load_or_compute(
-                args.cache_dir,
+                args.paths(DOMAIN)[0],
                 key,
                 lambda: compute_outputs(
                     teacher, TextAdapter().teacher, ordered, len(train), ["logits"]
@@ -148,18 +143,13 @@ def _inference(args: Args) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(Args, argv)
-    if not (args.teacher / "config.json").is_file():
-        raise ConfigError(
-            f"no teacher at {args.teacher}; train one first: python -m "
-            "nlp.scripts.train_teacher --preset quick (or pass --teacher)"
-        )
-    results: dict[str, Any] = {"args": {k: str(v) for k, v in asdict(args).items()}}
-    steps = run_configs(_measure, args)
-    speed = in_fresh_process(_inference, args)
-    results.update(steps=steps, inference=speed)
-    results["ratios"] = summarize(steps, speed, f"{args.batch_size} sentences", "texts/s")
-    atomic_write_json(args.out, results)
-    print(f"figures: {args.out}")
+    check_teacher_file(
+        args.teacher / "config.json", "python -m nlp.scripts.train_teacher --preset quick"
+    )
+    results = run_benchmark(args, _measure, _inference, f"{args.batch_size} sentences", "texts/s")
+    out = args.paths(DOMAIN)[1]
+    atomic_write_json(out, results)
+    print(f"figures: {out}")
     return results
 
 

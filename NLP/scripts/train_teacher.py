@@ -16,13 +16,22 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from accelerate.utils import set_seed
 
-from common.cli import args_dict, parse_args, run_main
+from common.cli import parse_args, run_main
+from common.experiment import (
+    RuntimeArgs,
+    check_runtime,
+    reuse_teacher,
+    teacher_settings,
+    write_teacher_result,
+)
 from common.losses import build_loss
 from common.metrics import classification_metrics
-from common.results import RunResult, finished_run, make_metrics, write_results
+from common.recipe import Recipe
+from common.results import accuracy_metrics
 from common.training import is_main_process, training_budget
 from nlp.data.text import (
     count_truncated,
@@ -33,7 +42,6 @@ from nlp.data.text import (
 )
 from nlp.model_io import save_model_dir
 from nlp.pipeline import (
-    TrainSpec,
     describe_model,
     example_batches,
     predict_logits,
@@ -44,13 +52,13 @@ from nlp.teacher_model.bert import DEFAULT_TEACHER, load_classifier, load_tokeni
 
 
 @dataclass
-class Args:
+class Args(RuntimeArgs):
     """Fine-tune a BERT-family teacher on a text-classification dataset."""
 
     teacher: str = DEFAULT_TEACHER
     """Checkpoint to fine-tune: 'minilm' (packaged all-MiniLM-L6-v2, offline), a local
     folder, or a Hugging Face hub id such as bert-base-uncased (needs hub access or cache)."""
-    dataset: str = "polarity"
+    dataset: Literal["polarity", "tweets", "sms-spam", "file"] = "polarity"
     """polarity (movie-review sentences), tweets (3 classes), sms-spam, or file."""
     data_file: Path | None = None
     """With --dataset file: a CSV (header row) or JSONL file with 'text' and 'label'."""
@@ -85,8 +93,7 @@ class Args:
     and data (otherwise that teacher is reused as it is)."""
 
 
-# Quick: one epoch at 64 tokens (nearly every polarity sentence fits). Measured on one niced,
-# busy core: 2.9 CPU-minutes, 79.0% test accuracy (600 sentences).
+# Quick: one epoch at 64 tokens (measurements: docs/measured.md).
 QUICK = Args(max_length=64, epochs=1, out_dir=Path("runs/quick/nlp/teacher"))
 FULL = Args(epochs=3, out_dir=Path("runs/full/nlp/teacher"))
 PRESETS = {"quick": QUICK, "full": FULL}
@@ -94,6 +101,7 @@ PRESETS = {"quick": QUICK, "full": FULL}
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(Args, argv, PRESETS)
+    check_runtime(args)
     start = time.perf_counter()
     data = load_dataset(
         args.dataset,
@@ -104,18 +112,9 @@ def main(argv: list[str] | None = None) -> Path:
         max_train=args.max_train,
         max_test=args.max_test,
     )
-    settings = args_dict(args, ("out_dir", "resume", "retrain"))
-    # What decides whether a finished teacher can be reused: these settings and this data.
-    reuse_key = {**settings, "data_sha256": fingerprint_texts(data.train, data.val, data.test)}
+    settings, reuse_key = teacher_settings(args, fingerprint_texts(data.train, data.val, data.test))
     model_dir = args.out_dir / "model"
-    done = finished_run(args.out_dir, reuse_key, [model_dir / "config.json"])
-    if done is not None and not args.retrain:
-        if is_main_process():
-            acc = done["metrics"]["final"]["test/accuracy"]
-            print(
-                f"teacher reused: {model_dir} (same settings and data; test accuracy "
-                f"{100 * acc:.2f}%). Pass --retrain to train it again."
-            )
+    if reuse_teacher(args.out_dir, reuse_key, [model_dir / "config.json"], args.retrain):
         return model_dir
     tokenizer = load_tokenizer(args.teacher)
     train, val, test = (
@@ -127,64 +126,55 @@ def main(argv: list[str] | None = None) -> Path:
     set_seed(args.seed)  # the fresh classifier head, and the data order
     model = load_classifier(args.teacher, classes=data.classes)
     pad_id = tokenizer.pad_token_id or 0
-    spec = TrainSpec(
-        name="teacher",
-        run_dir=args.out_dir,
-        epochs=args.epochs,
+    recipe = Recipe.from_args(args, "teacher", args.out_dir, max_grad_norm=1.0, select_best=True)
+    model, state = run_training(
+        model,
+        build_loss("ce"),
+        train,
+        val,
+        recipe,
         batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        resume=args.resume,
+        config=settings,
+        pad_id=pad_id,
+        num_workers=args.num_workers,
     )
-    model, state, _ = run_training(
-        model, build_loss("ce"), train, val, spec, config=settings, pad_id=pad_id
-    )
-
     logits, labels = predict_logits(model, make_loader(test, 128, False, pad_id))
     assert labels is not None
     final = {**classification_metrics(logits, labels, "test"), **state.last_eval}
     meta = {
         "role": "teacher",
         "base": args.teacher,
-        "dataset": args.dataset,
         "data_file": str(args.data_file) if args.data_file else None,
         "classes": data.classes,
-        "val_frac": args.val_frac,
-        "test_frac": args.test_frac,
-        "split_seed": args.split_seed,
         "test_accuracy": final["test/accuracy"],
+        **{k: getattr(args, k) for k in ("dataset", "val_frac", "test_frac", "split_seed")},
     }
     save_model_dir(model, tokenizer, model_dir, meta, args.max_length)
     one, many = example_batches(val, pad_id=pad_id)
-    speed = speed_report(model, one, many)
-    desc = describe_model(model, args.teacher, one, checkpoint=str(model_dir), speed=speed)
-    result = RunResult(
+    desc = describe_model(
+        model, args.teacher, one, checkpoint=str(model_dir), speed=speed_report(model, one, many)
+    )
+    write_teacher_result(
+        args.out_dir,
         domain="nlp",
         dataset=args.dataset,
-        role="teacher",
-        method="teacher",
         seed=args.seed,
-        student=desc,
-        teacher=None,
-        metrics=make_metrics(final, "test/accuracy", best=state.best),
-        loss={"weights": {"ce": 1.0}, "options": {}},
+        model=desc,
+        metrics=accuracy_metrics(final, len(test), state.best),
         budget=training_budget(args.epochs, state, args.batch_size),
-        wall_time_s=time.perf_counter() - start,
+        started=start,
+        reuse_key=reuse_key,
         extra={
             "train_size": len(train),
             "test_size": len(test),
             "truncated_train_texts": cut,
             "args": settings,
-            "settings": reuse_key,
         },
-    )
-    write_results(args.out_dir, result)
-    if is_main_process():
-        print(
+        summary=lambda: (
             f"teacher {args.teacher}: test accuracy {100 * final['test/accuracy']:.2f}% "
             f"({len(test)} texts), {desc['params']:,} params -> {model_dir}"
-        )
+        ),
+    )
     return model_dir
 
 

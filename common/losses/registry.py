@@ -46,6 +46,10 @@ class Registry:
             )
         self._items[name] = factory
 
+    def remove(self, name: str) -> None:
+        """Unregister ``name`` (a plugin unloading, or a test cleaning up after itself)."""
+        self._items.pop(name)
+
     def get(self, name: str) -> Callable[..., Any]:
         try:
             return self._items[name]

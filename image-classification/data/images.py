@@ -183,7 +183,18 @@ def _load_folder(root: Path, expect_size: tuple[int, int] | None) -> tuple[Split
                 f"{folder} does not exist: a folder dataset needs {root}/train/<class>/*.png and "
                 f"{root}/test/<class>/*.png"
             )
-        ds = ImageFolder(str(folder))
+        empty = sorted(d.name for d in folder.iterdir() if d.is_dir() and not any(d.iterdir()))
+        if empty:
+            raise DataError(
+                f"{folder}: class folder(s) {', '.join(empty)} hold no images; add images to "
+                "them or remove them (every class needs train and test images)"
+            )
+        try:
+            ds = ImageFolder(str(folder))
+        except FileNotFoundError as err:
+            raise DataError(
+                f"{folder}: {err} (.png, .jpg, ... files in <class>/ folders)"
+            ) from None
         if classes is None:
             classes = ds.classes
         elif ds.classes != classes:
@@ -212,7 +223,14 @@ def load_image(
 
     if not Path(path).is_file():
         raise DataError(f"image file {path} does not exist")
-    with Image.open(path) as im:
+    try:
+        im = Image.open(path)
+        im.load()
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
+        raise DataError(
+            f"{path} is not a readable image ({err}); remove it from the folder or replace it"
+        ) from None
+    with im:
         if im.mode == "P":  # palette: its colours decide, not the index plane
             im = im.convert("RGBA" if "transparency" in im.info else "RGB")
         have_channels = 1 if im.mode in _GRAY_MODES else 3
@@ -375,11 +393,22 @@ def make_loader(
     shuffle: bool,
     augment: Sequence[str] = (),
     seed: int = 0,
+    num_workers: int = 0,
 ) -> DataLoader:
-    """A DataLoader of dict batches over an in-memory split (indices are the dataset)."""
+    """A DataLoader of dict batches over an in-memory split (indices are the dataset). Each
+    batch is a function of (seed, epoch, indices) alone, so ``num_workers`` never changes it."""
     return DataLoader(
         range(len(split)),
         batch_size=batch_size,
         shuffle=shuffle,
         collate_fn=BatchBuilder(split, data.mean, data.std, augment, seed=seed),
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
     )
+
+
+def resolve_augment(augment: tuple[str, ...], dataset: str) -> tuple[str, ...]:
+    """('auto',) -> the dataset's default; ('none',) -> no augmentation."""
+    if tuple(augment) == ("auto",):
+        return DEFAULT_AUGMENT[dataset]
+    return () if tuple(augment) == ("none",) else tuple(augment)

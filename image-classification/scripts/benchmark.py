@@ -15,39 +15,31 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from common.benchmark import in_fresh_process, run_configs, summarize, time_steps
+from common.benchmark import BenchmarkArgs, check_teacher_file, run_benchmark, time_steps
 from common.cli import parse_args, run_main
 from common.io import atomic_write_json
 
+DOMAIN = "image-classification"
+
 
 @dataclass
-class Args:
+class Args(BenchmarkArgs):
     """Time distillation steps (live teacher, cached teacher) against student-alone steps."""
 
     teacher: Path = Path("runs/quick/image-classification/teacher/model")
     """Saved teacher folder (train_teacher.py); the quick preset's by default."""
-    student: str = "small"
+    student: Literal["tiny", "small", "medium"] = "small"
     """Student CNN size: tiny, small or medium."""
     batch_size: int = 128
     """Images per step."""
     images: int = 12800
     """Training images used (the cache covers these)."""
-    warmup_steps: int = 10
-    """Untimed steps first (allocator, kernels, caches)."""
-    steps: int = 60
-    """Timed steps per configuration."""
-    threads: int | None = None
-    """torch threads in each measurement; unset: torch's default (the machine's cores)."""
-    cache_dir: Path = Path("runs/benchmark/image-classification/cache")
-    """Where the benchmark's teacher cache goes."""
-    out: Path = Path("runs/benchmark/image-classification/benchmark.json")
-    """Where the figures are written as JSON."""
     main_job: Path = Path("runs/quick/main_job.json")
     """The main job's record, for its total wall time (skipped when absent)."""
     teacher_flip: bool = False
@@ -80,17 +72,7 @@ def _measure(config: str, args: Args) -> dict[str, Any]:
     )
     data.mean, data.std = list(t_cfg.mean), list(t_cfg.std)
     set_seed(0)
-    s_cfg = ModelConfig(
-        family="cnn",
-        arch=args.student,
-        num_classes=data.num_classes,
-        in_channels=data.shape[0],
-        image_size=data.shape[1:],
-        classes=data.classes,
-        mean=data.mean,
-        std=data.std,
-        dataset=t_cfg.dataset,
-    )
+    s_cfg = ModelConfig.for_data(data, "cnn", args.student, t_cfg.dataset)
     student = build_model(s_cfg)
     loader = make_loader(data.train, data, args.batch_size, shuffle=True, seed=0)
     adapter: Any = ImageAdapter()
@@ -110,7 +92,7 @@ def _measure(config: str, args: Args) -> dict[str, Any]:
             )
             ordered = make_loader(data.train, data, 512, shuffle=False)
             model_teacher, stats = load_or_compute(
-                args.cache_dir,
+                args.paths(DOMAIN)[0],
                 key,
                 lambda: compute_outputs(
                     teacher, ImageAdapter().teacher, ordered, len(data.train), ["logits"]
@@ -151,33 +133,26 @@ def _inference(args: Args) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(Args, argv)
-    if not (args.teacher / "model.safetensors").is_file():
-        from common.errors import ConfigError
-
-        raise ConfigError(
-            f"no teacher at {args.teacher}; train one first: python -m "
-            "image_classification.scripts.train_teacher --preset quick (or pass --teacher)"
-        )
-    results: dict[str, Any] = {"args": {k: str(v) for k, v in asdict(args).items()}}
-    steps = run_configs(_measure, args)
-    speed = in_fresh_process(_inference, args)
-    results.update(steps=steps, inference=speed)
-    results["ratios"] = summarize(steps, speed, f"{args.batch_size} images", "img/s")
+    check_teacher_file(
+        args.teacher / "model.safetensors",
+        "python -m image_classification.scripts.train_teacher --preset quick",
+    )
+    results = run_benchmark(args, _measure, _inference, f"{args.batch_size} images", "img/s")
+    speed = results["inference"]
     if "teacher_flip_average" in speed:
         t, s = speed["teacher_flip_average"], speed["student"]
-        results["ratios"]["throughput_student_over_flip_teacher"] = (
-            s["throughput"] / t["throughput"]
-        )
+        ratio = s["throughput"] / t["throughput"]
+        results["ratios"]["throughput_student_over_flip_teacher"] = ratio
         print(
             f"Flip-averaged teacher: batch-1 latency {t['latency_b1_ms']:.2f} ms, batch-"
-            f"{t['batch']} throughput {t['throughput']:.0f} img/s (student "
-            f"{results['ratios']['throughput_student_over_flip_teacher']:.1f}x)"
+            f"{t['batch']} throughput {t['throughput']:.0f} img/s (student {ratio:.1f}x)"
         )
     if args.main_job.is_file():
         results["main_job_total_s"] = json.loads(args.main_job.read_text())["total_s"]
         print(f"Main job wall time ({args.main_job}): {results['main_job_total_s'] / 60:.1f} min")
-    atomic_write_json(args.out, results)
-    print(f"figures: {args.out}")
+    out = args.paths(DOMAIN)[1]
+    atomic_write_json(out, results)
+    print(f"figures: {out}")
     return results
 
 

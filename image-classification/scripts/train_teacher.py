@@ -13,19 +13,28 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from accelerate.utils import set_seed
+from torch import nn
 
 from common.cache import fingerprint
-from common.cli import args_dict, parse_args, run_main
+from common.cli import parse_args, run_main
+from common.experiment import (
+    RuntimeArgs,
+    check_runtime,
+    reuse_teacher,
+    teacher_settings,
+    write_teacher_result,
+)
 from common.losses import build_loss
 from common.metrics import classification_metrics
-from common.results import RunResult, finished_run, make_metrics, write_results
-from common.training import is_main_process, training_budget
-from image_classification.data.images import DEFAULT_AUGMENT, load_dataset, make_loader
+from common.recipe import Recipe
+from common.results import accuracy_metrics
+from common.training import training_budget
+from image_classification.data.images import ImageData, load_dataset, make_loader, resolve_augment
 from image_classification.model_io import ModelConfig, build_model, save_model_dir
 from image_classification.pipeline import (
-    TrainSpec,
     describe_model,
     predict_logits,
     run_training,
@@ -35,24 +44,24 @@ from image_classification.teacher_model.resnet import MIRROR_UNSAFE, FlipAverage
 
 
 @dataclass
-class Args:
+class Args(RuntimeArgs):
     """Train a ResNet teacher on an image dataset."""
 
-    dataset: str = "fashion-mnist"
+    dataset: Literal["fashion-mnist", "mnist", "cifar10", "cifar100", "folder"] = "fashion-mnist"
     """fashion-mnist, mnist, cifar10, cifar100 or folder."""
     data_dir: Path | None = None
     """Files of the dataset (idx files, CIFAR folder, or an image folder with train/ and test/);
     unset: the copy `make data` fetched (fashion-mnist, mnist)."""
-    arch: str = "resnet18"
+    arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
     """torchvision ResNet: resnet18, resnet34 or resnet50."""
-    stem: str = "small"
+    stem: Literal["small", "imagenet", "cifar"] = "small"
     """ResNet stem: small (3x3/2, layer1 at 14x14 on 28x28), imagenet (7x7/2 + max-pool,
     ~3.3x faster, less accurate) or cifar (3x3/1, ~4x slower than small)."""
     epochs: int = 15
     """Passes over the training split."""
     batch_size: int = 128
     """Images per optimizer step."""
-    optimizer: str = "sgd"
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     """sgd (Nesterov momentum 0.9) or adamw; one-cycle learning-rate schedule either way."""
     lr: float = 0.1
     """Peak learning rate of the one-cycle schedule."""
@@ -78,7 +87,7 @@ class Args:
     (otherwise that teacher is reused as it is)."""
 
 
-# Quick: about 2.3 minutes on 2 cores (measured: 139 s, 86.1% on 2000 test images).
+# Quick: imagenet stem, 3 epochs on 18k images (measurements: docs/measured.md).
 QUICK = Args(
     stem="imagenet",
     epochs=3,
@@ -89,25 +98,14 @@ QUICK = Args(
     lr=2e-3,
     out_dir=Path("runs/quick/image-classification/teacher"),
 )
-# Full: the imagenet stem reached 92.5% test accuracy in 15 epochs (35 min); the small stem
-# (layer1 at 14x14, ~3.3x the compute) reached 93.56% in 10 epochs (59 min) with validation
-# accuracy still rising, so the benchmark trains it for 18 (about 1h45 on 2 idle cores): 93.98%
-# (val 93.68%; measured over three sessions, resumed twice, mostly on one core); averaged over
-# each image and its mirror image (what distill.py --teacher-flip distils from): 94.12% (val
-# 94.10%), at twice the inference cost.
+# Full: small stem, 18 epochs on all 55k images.
 FULL = Args(stem="small", epochs=18, out_dir=Path("runs/full/image-classification/teacher"))
 PRESETS = {"quick": QUICK, "full": FULL}
 
 
-def resolve_augment(augment: tuple[str, ...], dataset: str) -> tuple[str, ...]:
-    """('auto',) -> the dataset's default; ('none',) -> no augmentation."""
-    if tuple(augment) == ("auto",):
-        return DEFAULT_AUGMENT[dataset]
-    return () if tuple(augment) == ("none",) else tuple(augment)
-
-
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(Args, argv, PRESETS)
+    check_runtime(args)
     start = time.perf_counter()
     data = load_dataset(
         args.dataset,
@@ -116,33 +114,17 @@ def main(argv: list[str] | None = None) -> Path:
         max_train=args.max_train,
         max_test=args.max_test,
     )
-    settings = args_dict(args, ("out_dir", "resume", "retrain"))
-    # What decides whether a finished teacher can be reused: these settings and this data.
-    reuse_key = {
-        **settings,
-        "data_sha256": fingerprint(data.train.images, data.val.images, data.test.images),
-    }
+    settings, reuse_key = teacher_settings(
+        args, fingerprint(data.train.images, data.val.images, data.test.images)
+    )
     model_dir = args.out_dir / "model"
-    done = finished_run(args.out_dir, reuse_key, [model_dir / "model.safetensors"])
-    if done is not None and not args.retrain:
-        if is_main_process():
-            acc = done["metrics"]["final"]["test/accuracy"]
-            print(
-                f"teacher reused: {model_dir} (same settings and data; test accuracy "
-                f"{100 * acc:.2f}%). Pass --retrain to train it again."
-            )
+    if reuse_teacher(args.out_dir, reuse_key, [model_dir / "model.safetensors"], args.retrain):
         return model_dir
-    channels, height, width = data.shape
-    cfg = ModelConfig(
-        family="resnet",
-        arch=args.arch,
-        num_classes=data.num_classes,
-        in_channels=channels,
-        image_size=(height, width),
-        classes=data.classes,
-        mean=data.mean,
-        std=data.std,
-        dataset=args.dataset,
+    cfg = ModelConfig.for_data(
+        data,
+        "resnet",
+        args.arch,
+        args.dataset,
         stem=args.stem,
         # The split distill.py must reuse, so the teacher's training images stay out of
         # every later validation set.
@@ -151,66 +133,63 @@ def main(argv: list[str] | None = None) -> Path:
     set_seed(args.seed)
     model = build_model(cfg)
     augment = resolve_augment(args.augment, args.dataset)
-    spec = TrainSpec(
-        name="teacher",
-        run_dir=args.out_dir,
-        epochs=args.epochs,
+    model, state = run_training(
+        model,
+        build_loss("ce"),
+        data,
+        Recipe.from_args(args, "teacher", args.out_dir),
         batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
         augment=augment,
         seed=args.seed,
-        resume=args.resume,
+        num_workers=args.num_workers,
+        config=settings,
     )
-    model, state, _ = run_training(model, build_loss("ce"), data, spec, config=settings)
-
-    test_loader = make_loader(data.test, data, 512, shuffle=False)
-    final = {
-        **classification_metrics(*predict_logits(model, test_loader), "test"),
-        **state.last_eval,
-    }
-    if "flip" in augment and args.dataset not in MIRROR_UNSAFE:
-        # What distill.py --teacher-flip distils from: the teacher over each test image and
-        # its mirror image.
-        flip_logits, test_labels = predict_logits(FlipAveraged(model), test_loader)
-        final.update(classification_metrics(flip_logits, test_labels, "test_flip_average"))
+    final = test_teacher(model, data, args.dataset, augment)
     save_model_dir(model, cfg, model_dir)
     speed = speed_report(model, data.shape)
     desc = describe_model(
         model, f"{args.arch}-{args.stem}", data.shape, checkpoint=str(model_dir), speed=speed
     )
-    result = RunResult(
+    write_teacher_result(
+        args.out_dir,
         domain="image-classification",
         dataset=args.dataset,
-        role="teacher",
-        method="teacher",
         seed=args.seed,
-        student=desc,
-        teacher=None,
-        metrics=make_metrics(final, "test/accuracy", best=state.best),
-        loss={"weights": {"ce": 1.0}, "options": {}},
+        model=desc,
+        metrics=accuracy_metrics(final, len(data.test), state.best),
         budget=training_budget(args.epochs, state, args.batch_size),
-        wall_time_s=time.perf_counter() - start,
-        extra={
-            "augment": list(augment),
-            "train_size": len(data.train),
-            "args": settings,
-            "settings": reuse_key,
-        },
+        started=start,
+        reuse_key=reuse_key,
+        extra={"augment": list(augment), "train_size": len(data.train), "args": settings},
+        summary=lambda: teacher_summary(desc, final, len(data.test), model_dir),
     )
-    write_results(args.out_dir, result)
-    if is_main_process():
-        print(
-            f"teacher {desc['name']}: test accuracy {100 * final['test/accuracy']:.2f}% "
-            f"({len(data.test)} images), {desc['params']:,} params -> {model_dir}"
-        )
-        if "test_flip_average/accuracy" in final:
-            print(
-                "  averaged over each image and its mirror image (distill.py --teacher-flip): "
-                f"{100 * final['test_flip_average/accuracy']:.2f}%"
-            )
     return model_dir
+
+
+def test_teacher(
+    model: nn.Module, data: ImageData, dataset: str, augment: tuple[str, ...]
+) -> dict[str, float]:
+    """Test metrics, and those of the teacher averaged over each image and its mirror image
+    (what distill.py --teacher-flip distils from) when it trained with flips."""
+    test_loader = make_loader(data.test, data, 512, shuffle=False)
+    final = classification_metrics(*predict_logits(model, test_loader), "test")
+    if "flip" in augment and dataset not in MIRROR_UNSAFE:
+        flip_logits, test_labels = predict_logits(FlipAveraged(model), test_loader)
+        final.update(classification_metrics(flip_logits, test_labels, "test_flip_average"))
+    return final
+
+
+def teacher_summary(desc: dict, final: dict[str, float], n_test: int, model_dir: Path) -> str:
+    line = (
+        f"teacher {desc['name']}: test accuracy {100 * final['test/accuracy']:.2f}% "
+        f"({n_test} images), {desc['params']:,} params -> {model_dir}"
+    )
+    if "test_flip_average/accuracy" in final:
+        line += (
+            "\n  averaged over each image and its mirror image (distill.py --teacher-flip): "
+            f"{100 * final['test_flip_average/accuracy']:.2f}%"
+        )
+    return line
 
 
 if __name__ == "__main__":

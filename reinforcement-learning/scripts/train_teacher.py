@@ -23,7 +23,9 @@ from pathlib import Path
 from accelerate.utils import set_seed
 
 from common.cli import args_dict, parse_args, run_main
-from common.results import RunResult, finished_run, make_metrics, write_results
+from common.experiment import reuse_teacher, write_teacher_result
+from common.results import make_metrics
+from common.stats import mean_sampling
 from reinforcement_learning.envs import TEST_SEED, check_env_id, random_policy, run_episodes
 from reinforcement_learning.pipeline import describe_teacher, evaluate_returns
 from reinforcement_learning.teacher_model.hyperparams import env_settings, with_overrides
@@ -56,8 +58,7 @@ class Args:
     settings, or checkpoints of an unfinished one (otherwise those are reused/resumed)."""
 
 
-# Quick: CartPole-v1 with the zoo's 1e5 steps (500 in every test episode; a 5e4-step teacher
-# also scores 500, but drifts in one episode where its 1/40-size students then fail at 414).
+# Quick: CartPole-v1 with the zoo's 1e5 steps (measurements: docs/measured.md).
 QUICK = Args(run_root=Path("runs/quick/reinforcement-learning"))
 # Full: the benchmark teacher; run it again with --env-id for the other tasks.
 FULL = Args(env_id="LunarLander-v3", run_root=Path("runs/full/reinforcement-learning"))
@@ -78,13 +79,7 @@ def main(argv: list[str] | None = None) -> Path:
         },
         "hyperparams": asdict(hp),
     }
-    done = finished_run(run_dir, reuse_key, [run_dir / "model" / "ppo.zip"])
-    if done is not None and not args.retrain:
-        final = done["metrics"]["final"]
-        print(
-            f"teacher reused: {run_dir / 'model'} (same settings; return "
-            f"{final['test/return_mean']:.1f}). Pass --retrain to train it again."
-        )
+    if reuse_teacher(run_dir, reuse_key, [run_dir / "model" / "ppo.zip"], args.retrain):
         return run_dir / "model"
 
     set_seed(args.seed)
@@ -122,34 +117,30 @@ def main(argv: list[str] | None = None) -> Path:
     desc = describe_teacher(
         teacher.policy, f"ppo-mlp-{arch}", teacher.spec.obs_dim, checkpoint=str(model_dir)
     )
-    settings_json = args_dict(args)
-    result = RunResult(
+    write_teacher_result(
+        run_dir,
         domain="reinforcement-learning",
         dataset=args.env_id,
-        role="teacher",
-        method="teacher",
         seed=args.seed,
-        student=desc,
-        teacher=None,
-        metrics=make_metrics(final, "test/return_mean"),
-        loss={"weights": {"ppo": 1.0}, "options": {"ppo": asdict(hp)}},
+        model=desc,
+        metrics=make_metrics(final, "test/return_mean", sampling=mean_sampling(episodes.returns)),
         budget=run.budget(),
-        wall_time_s=time.perf_counter() - start,
+        started=start,
+        reuse_key=reuse_key,
+        loss={"weights": {"ppo": 1.0}, "options": {"ppo": asdict(hp)}},
         extra={
             "train_time_s": run.seconds,
             "eval_episodes": args.eval_episodes,
             "test_returns": episodes.returns,
             "solved_return": settings.solved,
-            "args": settings_json,
-            "settings": reuse_key,
+            "args": args_dict(args),
         },
-    )
-    write_results(run_dir, result)
-    print(
-        f"teacher PPO on {args.env_id}: return {final['test/return_mean']:.1f} ± "
-        f"{final['test/return_std']:.1f} over {args.eval_episodes} test episodes (random policy "
-        f"{rand.mean:.1f}); {desc['params']:,} actor params; {run.budget()['env_steps']:,} env "
-        f"steps in {run.seconds:.0f} s -> {model_dir}"
+        summary=lambda: (
+            f"teacher PPO on {args.env_id}: return {final['test/return_mean']:.1f} ± "
+            f"{final['test/return_std']:.1f} over {args.eval_episodes} test episodes (random "
+            f"policy {rand.mean:.1f}); {desc['params']:,} actor params; "
+            f"{run.budget()['env_steps']:,} env steps in {run.seconds:.0f} s -> {model_dir}"
+        ),
     )
     return model_dir
 

@@ -48,6 +48,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from torch import Tensor, nn
 
 from common.checkpoint import PREFIX, changed_settings, latest_checkpoint
+from common.domains import check_model_folder
 from common.errors import CheckpointError, ConfigError
 from common.io import atomic_write, atomic_write_json
 from reinforcement_learning.envs import SpaceSpec, check_env_id, make_env, space_spec
@@ -717,6 +718,8 @@ def load_teacher(path: Path, device: str = "cpu", env_id: str | None = None) -> 
     the environment and the architecture comes from the weights' shapes and the zip's JSON.
     Either way the weights must fit exactly."""
     path = Path(path)
+    if path.is_dir():
+        check_model_folder(path, "reinforcement-learning")
     if path.suffix in PICKLE_SUFFIXES:
         raise UnsafeFileError(
             f"{path} is a pickle, and unpickling can run code, so it is not loaded; pass the "

@@ -1,0 +1,357 @@
+"""What the NLP domain supplies to the shared experiment runner (:mod:`common.experiment`):
+load the fine-tuned teacher, the data and the transfer set, complete the hidden-state and
+attention options from the models' shapes, serve the teacher's logits from the cache, and
+train, test and save one student per method and seed."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import set_seed
+from datasets import Dataset
+from torch import Tensor
+
+from common.cache import (
+    CachedTeacherAdapter,
+    TeacherOutputCache,
+    cache_key,
+    compute_outputs,
+    default_cache_dir,
+    fingerprint,
+    load_or_compute,
+)
+from common.cli import args_dict
+from common.errors import ConfigError
+from common.experiment import NOT_SETTINGS, Method, RunOutcome, TeacherPlan
+from common.losses import Reads
+from common.metrics import classification_metrics
+from common.recipe import Recipe
+from common.results import accuracy_metrics
+from common.stats import proportion_sampling
+from common.training import is_main_process, training_budget
+from nlp.data.text import (
+    IGNORE_LABEL,
+    count_truncated,
+    load_dataset,
+    make_loader,
+    token_tensors,
+    tokenize,
+    with_labels,
+)
+from nlp.model_io import load_model_dir, save_model_dir, weights_digest
+from nlp.pipeline import (
+    MODEL_INPUTS,
+    Taps,
+    TextAdapter,
+    describe_model,
+    example_batches,
+    predict_logits,
+    run_training,
+    speed_report,
+)
+from nlp.student_model.bert import build_student, spread
+from nlp.teacher_model.bert import model_classes
+
+LIVE_REASON = (
+    "hidden states and attention maps are per token, in batches of varying length, and would "
+    "take gigabytes to cache; logits are cached"
+)
+
+
+def _pair(text: str, s_max: int, t_max: int, lowest: int, what: str) -> tuple[int, int]:
+    s, sep, t = text.partition(":")
+    try:
+        pair = (int(s), int(t))
+    except ValueError:
+        pair = None
+    if not sep or pair is None or not (lowest <= pair[0] <= s_max and lowest <= pair[1] <= t_max):
+        raise ConfigError(
+            f"{what}: bad layer pair {text!r}; write student:teacher with student layers "
+            f"{lowest}..{s_max} and teacher layers {lowest}..{t_max}"
+        )
+    return pair
+
+
+def method_taps(method: Method, args: Any, s_layers: int, t_layers: int) -> Taps:
+    """Layer mapping of the hidden (``hint``) and ``attention_kl`` terms, from the options
+    and the model depths."""
+    taps = Taps()
+    if "hint" in method.weights:
+        if tuple(args.hidden_layers) == ("auto",):
+            taps.hidden = [(i, spread(i, s_layers, t_layers)) for i in range(1, s_layers + 1)]
+        else:
+            taps.hidden = [_pair(p, s_layers, t_layers, 0, "hidden") for p in args.hidden_layers]
+        if not taps.hidden:
+            raise ConfigError("hidden: give at least one --hidden-layers student:teacher pair")
+    if "attention_kl" in method.weights:
+        taps.attention = (
+            (s_layers, t_layers)
+            if args.attention_layers == "auto"
+            else _pair(args.attention_layers, s_layers, t_layers, 1, "attention")
+        )
+    return taps
+
+
+def load_distill_data(args: Any, meta: dict, classes: list[str]) -> tuple[Any, str, Path | None]:
+    """The teacher's dataset with its own split (a different one would put its training texts
+    in test), the transfer set, the dataset name and the data file."""
+    dataset = args.dataset or meta.get("dataset")
+    if dataset is None:
+        raise ConfigError(
+            f"{args.teacher} does not say which dataset it was trained on (no distillery.json); "
+            "pass --dataset (and --data-file for your own file)"
+        )
+    same = dataset == meta.get("dataset")
+    data_file = args.data_file or (
+        Path(meta["data_file"]) if same and meta.get("data_file") else None
+    )
+    data = load_dataset(
+        dataset,
+        data_file,
+        val_frac=meta.get("val_frac", 0.1) if same else 0.1,
+        test_frac=meta.get("test_frac", 0.15) if same else 0.15,
+        split_seed=meta.get("split_seed", 0) if same else 0,
+        max_train=args.max_train,
+        max_test=args.max_test,
+        classes=classes,
+        transfer=args.transfer,
+        max_transfer=args.max_transfer,
+    )
+    return data, dataset, data_file
+
+
+class TextDistillTask:
+    """A fine-tuned BERT-family teacher distilled into a small BERT (see
+    :class:`common.experiment.DistillTask`)."""
+
+    domain = "nlp"
+
+    def __init__(self, args: Any) -> None:
+        self.args = args
+        self.teacher_model, self.tokenizer, self.meta = load_model_dir(args.teacher)
+        teacher = self.teacher_model
+        teacher.requires_grad_(False)
+        self.classes = model_classes(teacher)
+        self.data, self.dataset, self.data_file = load_distill_data(args, self.meta, self.classes)
+        self.max_length = args.max_length or self.meta.get("max_length") or 128
+        self.pad_id = self.tokenizer.pad_token_id or 0
+        self.train, self.val, self.test = (
+            tokenize(s, self.tokenizer, self.max_length)
+            for s in (self.data.train, self.data.val, self.data.test)
+        )
+        self.digest = weights_digest(args.teacher)
+        set_seed(args.seed_start)  # the probe student's initialisation (it is only timed)
+        probe = self._student()
+        self.s_layers = probe.config.num_hidden_layers
+        self.s_config = probe.config
+        self.one, many = example_batches(self.val, pad_id=self.pad_id)
+        # Teacher and student timed side by side, once (a trained student runs as fast).
+        self.speed = {
+            "teacher": speed_report(teacher, self.one, many),
+            "student": speed_report(probe, self.one, many),
+        }
+        loader = lambda split: make_loader(split, 128, False, self.pad_id)  # noqa: E731
+        self.t_val_logits, _ = predict_logits(teacher, loader(self.val))
+        self.t_test_logits, self.test_labels = predict_logits(teacher, loader(self.test))
+        t_acc = classification_metrics(self.t_test_logits, self.test_labels, "test")
+        self.teacher = {
+            **describe_model(
+                teacher,
+                str(self.meta.get("base", args.teacher)),
+                self.one,
+                checkpoint=str(args.teacher),
+                sha256=self.digest,
+            ),
+            "test_accuracy": t_acc["test/accuracy"],
+            "score": t_acc["test/accuracy"],
+            "speed": self.speed["teacher"],
+            "sampling": proportion_sampling(len(self.test)),
+        }
+        transfer = self.data.transfer
+        self.transfer = (
+            None if transfer is None else tokenize(transfer, self.tokenizer, self.max_length)
+        )
+        unlabelled = (
+            None if self.transfer is None else torch.full((len(self.transfer),), IGNORE_LABEL)
+        )
+        self.inputs = with_labels(self.train, self.transfer, unlabelled)
+        self.distill_train = self.inputs
+        # Every method, the student alone too, gets the steps of one pass over the distilled
+        # inputs per epoch, so runs of separate invocations stay comparable.
+        self.steps = args.epochs * math.ceil(len(self.inputs) / args.batch_size)
+        self.lr = args.lr or (1e-4 if args.student == "truncated" else 1e-3)
+        self.settings = {
+            "teacher_sha256": self.digest,
+            "lr_used": self.lr,
+            "steps": self.steps,
+            **args_dict(args, NOT_SETTINGS),
+        }
+        self.cacheable, self.why_not_cached = frozenset({"logits"}), LIVE_REASON
+        self.cache: TeacherOutputCache | None = None
+
+    def _student(self) -> Any:
+        a = self.args
+        return build_student(
+            a.student, self.teacher_model, self.classes, a.student_init, a.student_layers
+        )
+
+    def produced(self) -> Reads:
+        outputs = frozenset({"logits", "hidden", "attention"})
+        return Reads(outputs, outputs, frozenset({*MODEL_INPUTS, "labels", "index"}))
+
+    def complete(self, method: Method) -> Method:
+        """Widths of the hidden-state projection and head averaging of the attention term
+        (options given with --loss-option win)."""
+        s_cfg, t_cfg = self.s_config, self.teacher_model.config
+        method_taps(method, self.args, self.s_layers, t_cfg.num_hidden_layers)  # checks pairs
+        if "hint" in method.weights and s_cfg.hidden_size != t_cfg.hidden_size:
+            # Equal widths (a truncated teacher) are compared directly, as DistilBERT does.
+            dims = {"student_dim": s_cfg.hidden_size, "teacher_dim": t_cfg.hidden_size}
+            method = method.with_options("hint", **{**dims, **method.options.get("hint", {})})
+        if "attention_kl" in method.weights:
+            heads = s_cfg.num_attention_heads != t_cfg.num_attention_heads
+            given = method.options.get("attention_kl", {})
+            method = method.with_options("attention_kl", **{"average_heads": heads, **given})
+        return method
+
+    def prepare(self, plans: dict[str, TeacherPlan], cache_keys: frozenset[str]) -> dict:
+        """The teacher's logits on the labelled + transfer texts (cached, or a live pass over
+        the transfer texts when the cache is off); the teacher's argmax labels the transfer."""
+        if not any(p.needed for p in plans.values()):
+            return {}
+        if self.args.cache:
+            logits, info = self._cached_logits()
+        else:
+            logits, info = self._live_transfer_logits(), {}
+        if self.transfer is not None:
+            assert logits is not None
+            labels = logits[len(self.train) :].argmax(-1)
+            self.distill_train = with_labels(self.train, self.transfer, labels)
+        return info
+
+    def _cached_logits(self) -> tuple[Tensor, dict]:
+        key = cache_key(
+            teacher_sha256=self.digest,
+            data_sha256=fingerprint(*token_tensors(self.inputs)),
+            preprocessing={
+                "max_length": self.max_length,
+                "padding": "dynamic",
+                "pad_id": self.pad_id,
+            },
+            outputs=["logits"],
+        )
+        loader = make_loader(self.inputs, 128, False, self.pad_id)
+        self.cache, stats = load_or_compute(
+            self.args.cache_dir or default_cache_dir(),
+            key,
+            lambda: compute_outputs(
+                self.teacher_model, TextAdapter().teacher, loader, len(self.inputs), ["logits"]
+            ),
+        )
+        if is_main_process():
+            print(stats.describe())
+        return self.cache.get("logits"), stats.to_dict()
+
+    def _live_transfer_logits(self) -> Tensor | None:
+        n_train = len(self.train)
+        if len(self.inputs) == n_train:
+            return None
+        extra: Dataset = self.inputs.select(range(n_train, len(self.inputs)))
+        loader = make_loader(extra, 128, False, self.pad_id)
+        desc = f"teacher labels {len(extra)} transfer texts"
+        logits, _ = predict_logits(self.teacher_model, loader, desc)
+        return torch.cat([torch.zeros(n_train, logits.shape[1]), logits])
+
+    def run(
+        self, method: Method, seed: int, run_dir: Path, plan: TeacherPlan, settings: dict
+    ) -> RunOutcome:
+        args = self.args
+        student = self._student()
+        taps = method_taps(method, args, self.s_layers, self.teacher_model.config.num_hidden_layers)
+        if taps.attention is not None:  # SDPA returns no attention maps: eager does
+            student.set_attn_implementation("eager")
+        self.teacher_model.set_attn_implementation("eager" if taps.attention else "sdpa")
+        cached = plan.mode == "cache"
+        if cached:
+            self.cache.hits = 0  # type: ignore[union-attr]
+        recipe = Recipe(
+            name=f"{method.name} seed {seed}",
+            run_dir=run_dir,
+            epochs=0,
+            lr=self.lr,
+            weight_decay=args.weight_decay,
+            max_steps=self.steps,
+            max_grad_norm=1.0,
+            select_best=args.select_best,
+            resume=args.resume,
+            checkpoint_every=args.checkpoint_every,
+            mixed_precision=args.mixed_precision,
+            grad_accum=args.grad_accum,
+        )
+        adapter = TextAdapter(taps)
+        student, state = run_training(
+            student,
+            method.build(),
+            self.distill_train if plan.needed else self.train,
+            self.val,
+            recipe,
+            batch_size=args.batch_size,
+            adapter=CachedTeacherAdapter(adapter) if cached else adapter,
+            teacher={"cache": self.cache, "live": self.teacher_model, "none": None}[plan.mode],
+            config=settings,
+            teacher_val_logits=self.t_val_logits,
+            pad_id=self.pad_id,
+            num_workers=args.num_workers,
+        )
+        s_logits, _ = predict_logits(student, make_loader(self.test, 128, False, self.pad_id))
+        final = {
+            **classification_metrics(s_logits, self.test_labels, "test", self.t_test_logits),
+            **state.last_eval,
+        }
+        model_dir = self._save(student, method, final, run_dir)
+        return RunOutcome(
+            student=describe_model(
+                student,
+                f"bert-{args.student}",
+                self.one,
+                checkpoint=str(model_dir),
+                init=args.student_init if args.student != "truncated" else "teacher-layers",
+                speed=self.speed["student"],
+            ),
+            metrics=accuracy_metrics(final, len(self.test), state.best),
+            budget=training_budget(args.epochs, state, args.batch_size),
+            extra={
+                "train_size": len(self.distill_train if plan.needed else self.train),
+                "labelled_train_size": len(self.train),
+                "transfer_size": 0
+                if not plan.needed or self.transfer is None
+                else len(self.transfer),
+                "test_size": len(self.test),
+                "max_length": self.max_length,
+                "truncated_train_texts": count_truncated(self.train, self.max_length),
+                "taps": {"hidden": taps.hidden, "attention": taps.attention},
+            },
+            batches_served=self.cache.hits if cached else None,  # type: ignore[union-attr]
+        )
+
+    def _save(self, student: Any, method: Method, final: dict, run_dir: Path) -> Path:
+        meta = self.meta
+        s_meta = {
+            "role": "student",
+            "method": method.name,
+            "dataset": self.dataset,
+            "data_file": str(self.data_file) if self.data_file else None,
+            "classes": self.classes,
+            "val_frac": meta.get("val_frac"),
+            "test_frac": meta.get("test_frac"),
+            "split_seed": meta.get("split_seed"),
+            "teacher": str(self.args.teacher),
+            "test_accuracy": final["test/accuracy"],
+        }
+        return save_model_dir(student, self.tokenizer, run_dir / "model", s_meta, self.max_length)
+
+    def summary_extra(self) -> dict[str, Any]:
+        return {"transfer_size": 0 if self.transfer is None else len(self.transfer)}

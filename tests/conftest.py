@@ -1,0 +1,80 @@
+"""Teachers every test module shares, trained once per session on small real subsets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+IMAGE_SMALL = ["--max-train", "384", "--max-test", "200", "--val-size", "200", "--batch-size", "64"]
+NLP_SMALL = ["--max-train", "128", "--max-test", "64", "--max-length", "32", "--batch-size", "32"]
+RL_TINY = [
+    "--rounds", "2", "--steps-per-round", "256", "--train-steps-per-round", "20",
+    "--n-envs", "4", "--eval-episodes", "3", "--val-episodes", "1", "--batch-size", "64",
+]  # fmt: skip
+"""Small distillation budgets per domain (image and NLP also for their teachers)."""
+
+
+def sb3_tmp_dirs() -> set[str]:
+    return {p.name for p in Path("/tmp").glob("SB3-*")}
+
+
+@pytest.fixture(scope="session")
+def image_teacher(tmp_path_factory):
+    from image_classification.scripts import train_teacher
+
+    out = tmp_path_factory.mktemp("image-teacher")
+    # AdamW at a modest rate learns more than SGD's one-cycle warm-up in a dozen steps.
+    train_teacher.main(
+        [
+            *IMAGE_SMALL,
+            "--epochs",
+            "2",
+            "--out-dir",
+            str(out),
+            "--optimizer",
+            "adamw",
+            "--lr",
+            "0.002",
+        ]
+    )
+    return out / "model"
+
+
+@pytest.fixture(scope="session")
+def one_layer_base(tmp_path_factory):
+    """The packaged MiniLM cut to its first layer, saved as a local checkpoint folder."""
+    from transformers import AutoModel
+
+    from nlp.teacher_model.bert import load_tokenizer, resolve_checkpoint
+
+    out = tmp_path_factory.mktemp("minilm-1layer")
+    path, _ = resolve_checkpoint("minilm")
+    AutoModel.from_pretrained(path, num_hidden_layers=1, local_files_only=True).save_pretrained(out)
+    load_tokenizer("minilm").save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def nlp_teacher(one_layer_base, tmp_path_factory):
+    from nlp.scripts import train_teacher
+
+    out = tmp_path_factory.mktemp("nlp-teacher")
+    train_teacher.main(
+        [*NLP_SMALL, "--teacher", str(one_layer_base), "--epochs", "1", "--lr", "2e-4",
+         "--out-dir", str(out)]
+    )  # fmt: skip
+    return out / "model"
+
+
+@pytest.fixture(scope="session")
+def rl_teacher(tmp_path_factory):
+    from reinforcement_learning.scripts import train_teacher
+
+    out = tmp_path_factory.mktemp("rl-teacher")
+    before = sb3_tmp_dirs()
+    train_teacher.main(["--timesteps", "3072", "--eval-episodes", "3", "--out-dir", str(out)])
+    # SB3 logs into the run directory, never into /tmp/SB3-* folders.
+    assert sb3_tmp_dirs() == before
+    assert (out / "sb3" / "progress.csv").is_file()
+    return out / "model"

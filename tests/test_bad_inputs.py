@@ -1,0 +1,122 @@
+"""Bad input, the way a user types it: every case ends with exit status 2 (1 for a report with
+nothing to report) and one line on stderr that names the problem and the fix, no traceback,
+and nothing written as if it were a result."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import IMAGE_SMALL, NLP_SMALL, RL_TINY
+
+from common.cli import run_main
+
+IMG_D, IMG_T = "image_classification.scripts.distill", "image_classification.scripts.train_teacher"
+NLP_D, NLP_T = "nlp.scripts.distill", "nlp.scripts.train_teacher"
+RL_D, RL_T = (
+    "reinforcement_learning.scripts.distill",
+    "reinforcement_learning.scripts.train_teacher",
+)
+
+# (case, module, argv, what the one line must say). "{image}", "{nlp}", "{rl}" are the session
+# teachers; "{tmp}" is this test's folder, with the damaged files made by _damaged().
+CASES = [
+    ("zero epochs", IMG_D, ["--epochs", "0"], r"--epochs 0: must be >= 1, e\.g\. --epochs 3"),
+    ("negative batch", IMG_D, ["--batch-size", "-1"], r"--batch-size -1: must be >= 1"),
+    ("zero seeds", IMG_D, ["--seeds", "0"], r"--seeds 0: must be >= 1"),
+    ("zero learning rate", IMG_D, ["--lr", "0"], r"--lr 0\.0: must be > 0, e\.g\. --lr 0\.001"),
+    ("negative weight decay", IMG_D, ["--weight-decay", "-1"], r"--weight-decay -1\.0: must be >= 0"),
+    ("unknown student", IMG_D, ["--student", "huge"], r"--student: invalid choice: 'huge'"),
+    ("unknown dataset", IMG_D, ["--dataset", "imagenet"], r"--dataset: invalid choice"),
+    ("unknown method", IMG_D, ["--methods", "nope"], r"unknown method 'nope'; this domain's methods: none, kd"),
+    ("unknown loss term", IMG_D, ["--loss", "nope=1"], r"unknown loss 'nope'; known: at, ce"),
+    ("bad loss weight", IMG_D, ["--loss", "kd=abc"], r"bad weight 'abc' for loss 'kd'"),
+    ("unknown term option", IMG_D, ["--methods", "kd", "--loss-option", "kd.temp=2"], r"'kd' has no option 'temp'; its options: temperature"),
+    ("malformed option", IMG_D, ["--methods", "kd", "--loss-option", "kd=2"], r"write term\.key=value"),
+    ("option for an unused term", IMG_D, ["--methods", "none", "--loss-option", "kd.temperature=2"], r"no method of this run uses 'kd'"),
+    ("zero labelled", IMG_D, ["--labelled", "0"], r"--labelled 0: must be >= 1"),
+    ("zero max-train", IMG_D, ["--max-train", "0"], r"--max-train 0: must be >= 1"),
+    ("unknown precision", IMG_D, ["--mixed-precision", "fp8"], r"--mixed-precision: invalid choice: 'fp8'"),
+    ("zero grad accumulation", IMG_D, ["--grad-accum", "0"], r"--grad-accum 0: must be >= 1"),
+    ("negative workers", IMG_D, ["--num-workers", "-1"], r"--num-workers -1: must be >= 0"),
+    ("unknown preset", IMG_D, ["--preset", "huge"], r"--preset: invalid choice: 'huge'"),
+    ("not a number", IMG_D, ["--epochs", "three"], r"--epochs: invalid int value: 'three'"),
+    ("missing teacher", IMG_D, ["--teacher", "{tmp}/nope"], r"is not a saved model .*train_teacher"),
+    ("RL teacher to the image script", IMG_D, ["--teacher", "{rl}"], r"is a reinforcement-learning model"),
+    ("NLP teacher to the image script", IMG_D, ["--teacher", "{nlp}"], r"is a nlp model"),
+    ("truncated weights", IMG_D, ["--teacher", "{tmp}/truncated"], r"model\.safetensors is unreadable .*truncated or damaged"),
+    ("garbled config", IMG_D, ["--teacher", "{tmp}/garbled"], r"config\.json is not a valid model config"),
+    ("other validation split", IMG_D, [*IMAGE_SMALL[:4], "--val-size", "300", "--teacher", "{image}"], r"--val-size 300 differs from the teacher's validation split"),
+    ("out-dir is a file", IMG_D, [*IMAGE_SMALL, "--teacher", "{image}", "--methods", "none", "--out-dir", "{tmp}/file.txt"], r"file\.txt is a file; pass a folder"),
+    ("teacher: zero epochs", IMG_T, ["--epochs", "0"], r"--epochs 0: must be >= 1"),
+    ("teacher: unknown architecture", IMG_T, ["--arch", "resnet9"], r"--arch: invalid choice: 'resnet9'"),
+    ("teacher: zero validation", IMG_T, ["--val-size", "0"], r"--val-size 0: must be >= 1"),
+    ("folder: file that is no image", IMG_T, ["--dataset", "folder", "--data-dir", "{tmp}/notimage"], r"bad\.png is not a readable image"),
+    ("folder: empty class folder", IMG_T, ["--dataset", "folder", "--data-dir", "{tmp}/emptyclass"], r"class folder\(s\) boot hold no images"),
+    ("NLP: too short", NLP_D, ["--max-length", "2"], r"--max-length 2: must be >= 8"),
+    ("NLP: unknown student", NLP_D, ["--student", "huge"], r"--student: invalid choice"),
+    ("NLP: unknown dataset", NLP_D, ["--dataset", "imdb"], r"--dataset: invalid choice: 'imdb'"),
+    ("NLP: image teacher", NLP_D, ["--teacher", "{image}"], r"is a image-classification model"),
+    ("NLP: bad layer pair", NLP_D, [*NLP_SMALL, "--teacher", "{nlp}", "--methods", "hidden", "--hidden-layers", "9:1", "--transfer", "none"], r"bad layer pair '9:1'"),
+    ("NLP teacher: validation fraction", NLP_T, ["--val-frac", "1.5"], r"--val-frac 1\.5: must be between 0 and 1"),
+    ("NLP teacher: zero test fraction", NLP_T, ["--test-frac", "0"], r"--test-frac 0\.0: must be between 0 and 1"),
+    ("NLP teacher: file not UTF-8", NLP_T, ["--dataset", "file", "--data-file", "{tmp}/latin1.csv"], r"latin1\.csv is not UTF-8 text"),
+    ("NLP teacher: missing file", NLP_T, ["--dataset", "file", "--data-file", "{tmp}/none.csv"], r"none\.csv does not exist"),
+    ("RL: zero rounds", RL_D, ["--rounds", "0"], r"--rounds 0: must be >= 1"),
+    ("RL: unknown environment", RL_D, ["--env-id", "NoSuchEnv-v0"], r"NoSuchEnv-v0"),
+    ("RL: beta above 1", RL_D, ["--beta-decay", "2"], r"--beta-decay 2\.0: must be between 0 and 1"),
+    ("RL: zero envs", RL_D, ["--n-envs", "0"], r"--n-envs 0: must be >= 1"),
+    ("RL: image teacher", RL_D, ["--teacher", "{image}"], r"is a image-classification model"),
+    ("RL: a term reading labels", RL_D, [*RL_TINY, "--teacher", "{rl}", "--methods", "--loss", "ce=1", "--out-dir", "{tmp}/o"], r"'ce' reads batch output 'labels'.*they give: obs"),
+    ("RL teacher: zero steps", RL_T, ["--timesteps", "0"], r"--timesteps 0: must be >= 1"),
+    ("RL teacher: zero episodes", RL_T, ["--eval-episodes", "0"], r"--eval-episodes 0: must be >= 1"),
+    ("main job: unknown domain", "common.main_job", ["--domains", "audio"], r"unknown domain\(s\) \['audio'\]; choose from"),
+    ("main job: zero seeds", "common.main_job", ["--seeds", "0"], r"--seeds 0: must be >= 1"),
+    ("soak: unknown domain", "common.soak", ["--domain", "audio"], r"the soak knows image-classification, nlp"),
+]  # fmt: skip
+
+
+def _damaged(tmp: Path, image: Path) -> None:
+    """Damaged copies of a teacher, data folders and files a user could hand in."""
+    for name in ("truncated", "garbled"):
+        shutil.copytree(image, tmp / name)
+    weights = tmp / "truncated" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    (tmp / "garbled" / "config.json").write_text("{not json", encoding="utf-8")
+    (tmp / "file.txt").write_text("a file, not a folder", encoding="utf-8")
+    for part in ("train", "test"):
+        (tmp / "notimage" / part / "shirt").mkdir(parents=True)
+        (tmp / "notimage" / part / "shirt" / "bad.png").write_bytes(b"not a png at all")
+        (tmp / "emptyclass" / part / "boot").mkdir(parents=True)
+    (tmp / "latin1.csv").write_bytes("text,label\ncaf\xe9 cr\xe8me,positive\n".encode("latin-1"))
+
+
+def _run(module: str, argv: list[str], capsys) -> tuple[int, str]:
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as stop:
+        run_main(lambda: main(argv))
+    return int(stop.value.code), capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("case, module, argv, expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_line(
+    case, module, argv, expected, tmp_path, capsys, image_teacher, nlp_teacher, rl_teacher
+):
+    _damaged(tmp_path, image_teacher)
+    paths = {"image": image_teacher, "nlp": nlp_teacher, "rl": rl_teacher, "tmp": tmp_path}
+    argv = [a.format(**paths) for a in argv]
+    code, err = _run(module, argv, capsys)
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert "Traceback" not in err and re.search(expected, err), err
+    assert not list(tmp_path.rglob("results.json")), "a failed run must not leave a result"
+
+
+def test_report_on_folders_without_results_exits_non_zero(tmp_path, capsys):
+    from common import report
+
+    assert report.main([str(tmp_path), "--out", str(tmp_path / "r")]) == 1
+    assert "no student results" in capsys.readouterr().err
