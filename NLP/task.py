@@ -322,7 +322,7 @@ class TextDistillTask:
                 speed=self.speed["student"],
             ),
             metrics=accuracy_metrics(final, len(self.test), state.best),
-            budget=training_budget(args.epochs, state, args.batch_size),
+            budget=training_budget(args.epochs, state, args.batch_size, args.grad_accum),
             extra={
                 "train_size": len(self.distill_train if plan.needed else self.train),
                 "labelled_train_size": len(self.train),

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import torch
 from accelerate.utils import set_seed
 
 from common.cli import args_dict
@@ -126,6 +127,11 @@ def check_runtime(args: RuntimeArgs) -> None:
     if args.mixed_precision not in ("no", "fp16", "bf16"):
         raise ConfigError(
             f"--mixed-precision {args.mixed_precision!r}: use no, fp16 (CUDA) or bf16"
+        )
+    if args.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError(
+            "--mixed-precision fp16 needs a CUDA GPU (Accelerate would silently train in fp32 "
+            "here); use bf16 on a CPU, or no"
         )
     if args.grad_accum < 1:
         raise ConfigError(f"--grad-accum must be >= 1, got {args.grad_accum}")
@@ -266,11 +272,9 @@ def resolve_methods(
                 f"options: {', '.join(_term_options(term))}"
             )
         users = [m for m in methods if term in m.weights]
-        if not users:
-            raise ConfigError(
-                f"--loss-option {text!r}: no method of this run uses {term!r} "
-                f"(methods: {', '.join(seen)})"
-            )
+        if not users:  # e.g. a preset's kd option while --methods none runs alone
+            print(f"note: --loss-option {text} ignored: no method of this run uses {term!r}")
+            continue
         value = parse_option_value(raw.strip())
         methods = [m.with_options(term, **{key: value}) if m in users else m for m in methods]
     for m in methods:
@@ -402,12 +406,15 @@ class DistillTask(Protocol):
 
 
 def run_experiment(
-    task: DistillTask, methods: Sequence[Method], args: DistillArgs
+    task: DistillTask | Callable[[], DistillTask], methods: Sequence[Method], args: DistillArgs
 ) -> dict[str, Any]:
-    """Every method x seed of ``task``: check, plan the teacher, run or reuse each, write each
+    """Every method x seed of ``task`` (or of the task a factory builds, once the output
+    folder is claimed): check, plan the teacher, run or reuse each, write each
     ``results.json``, then ``<out-dir>/summary.json``; prints the table; returns the summary."""
     check_seeds(args)
     claim_folder(args.out_dir)
+    if not hasattr(task, "run"):  # a factory: claim the folder before the expensive set-up
+        task = task()
     methods = [task.complete(m) for m in methods]
     # A method without loss terms is a domain's own baseline (RL: PPO from scratch).
     losses = {m.name: m.build() for m in methods if m.weights}

@@ -104,18 +104,27 @@ def claim_folder(folder: Path) -> Path:
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     lock, me = folder / LOCK_FILE, {"pid": os.getpid(), "host": socket.gethostname()}
-    try:
-        held = json.loads(lock.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        held = None
-    if isinstance(held, dict) and held != me and _alive(held):
-        raise ConfigError(
-            f"{folder} is in use by another run (process {held.get('pid')} on "
-            f"{held.get('host')}); wait for it to finish, or pass another --out-dir"
-        )
-    if isinstance(held, dict) and held != me:
-        print(f"note: taking over {folder} from a run that is gone (process {held.get('pid')})")
-    atomic_write_json(lock, me)
+    for _ in range(2):
+        try:  # O_EXCL: of two runs started together, exactly one creates the lock
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                held = json.loads(lock.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                held = {}  # half-written by a run killed mid-write: stale
+            if held == me:
+                return folder
+            if isinstance(held, dict) and held and _alive(held):
+                raise ConfigError(
+                    f"{folder} is in use by another run (process {held.get('pid')} on "
+                    f"{held.get('host')}); wait for it to finish, or pass another --out-dir"
+                ) from None
+            print(f"note: taking over {folder} from a run that is gone ({held or 'no owner'})")
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(me, f)
+        break
 
     def release() -> None:
         try:

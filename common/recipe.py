@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from safetensors.torch import load_model
 from torch import nn
 
@@ -160,5 +161,8 @@ def train(
     trained = loop.student
     best = recipe.run_dir / "checkpoints" / "best.safetensors"
     if recipe.select_best and best.is_file():
-        load_model(trained, str(best))
+        try:
+            load_model(trained, str(best))
+        except SafetensorError as err:
+            print(f"warning: {best} is unreadable ({err}); keeping the last weights")
     return trained.eval(), state

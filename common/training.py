@@ -73,6 +73,11 @@ class LoopState:
     """Metrics of the most recent evaluation."""
     stop: bool = False
     """Set by a callback (early stopping) to end training after the current step."""
+    loss_start: list[float] = field(default_factory=list)
+    """The first steps' losses: what a diverging loss is measured against (checkpointed, so a
+    resumed run judges divergence exactly as an uninterrupted one)."""
+    loss_ema: float = 0.0
+    """The smoothed loss the divergence check follows."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -194,8 +199,6 @@ class DistillationLoop:
         self.adapter = adapter
         self.callbacks = list(callbacks)
         self.state = LoopState()
-        self._start_losses: list[float] = []
-        self._ema = 0.0
         self.teacher = None
         if teacher is not None and loss_fn.needs_teacher:
             teacher = teacher.to(accelerator.device).eval()
@@ -251,21 +254,20 @@ class DistillationLoop:
     """Steps whose mean loss is the reference a diverging loss is measured against."""
 
     def _check_divergence(self, loss: float) -> None:
-        factor = self.config.divergence_factor
+        factor, st = self.config.divergence_factor, self.state
         if factor is None or not math.isfinite(loss):
             return
-        if len(self._start_losses) < self._WARMUP:
-            self._start_losses.append(loss)
-            self._ema = sum(self._start_losses) / len(self._start_losses)
+        if len(st.loss_start) < self._WARMUP:
+            st.loss_start.append(loss)
+            st.loss_ema = sum(st.loss_start) / len(st.loss_start)
             return
-        self._ema = 0.9 * self._ema + 0.1 * loss
-        start = sum(self._start_losses) / len(self._start_losses)
-        if start > 0 and self._ema > factor * start:
+        st.loss_ema = 0.9 * st.loss_ema + 0.1 * loss
+        start = sum(st.loss_start) / len(st.loss_start)
+        if start > 0 and st.loss_ema > factor * start:
             raise DivergenceError(
-                f"training diverged at epoch {self.state.epoch}, step {self.state.step}: the "
-                f"loss (smoothed) is {self._ema:.4g}, over {factor:g}x its start ({start:.4g}). "
-                "The last checkpoint is intact. Lower the learning rate (--lr), clip gradients, "
-                "or check the inputs."
+                f"training diverged at epoch {st.epoch}, step {st.step}: the loss (smoothed) is "
+                f"{st.loss_ema:.4g}, over {factor:g}x its start ({start:.4g}). Checkpoints written "
+                "before this step are intact. Lower the learning rate (--lr) or check the inputs."
             )
 
     def _check_finite(self, out: Mapping[str, Tensor]) -> float:
@@ -361,7 +363,10 @@ def make_optimizer(
     return opt, schedule
 
 
-def training_budget(epochs: int, state: LoopState, batch_size: int) -> dict[str, int]:
-    """What a run consumed, for results.json (examples summed over all processes)."""
-    processes = PartialState().num_processes
-    return {"epochs": epochs, "steps": state.step, "examples": state.step * batch_size * processes}
+def training_budget(
+    epochs: int, state: LoopState, batch_size: int, grad_accum: int = 1
+) -> dict[str, int]:
+    """What a run consumed, for results.json (examples summed over all processes and
+    accumulated batches)."""
+    per_step = batch_size * PartialState().num_processes * grad_accum
+    return {"epochs": epochs, "steps": state.step, "examples": state.step * per_step}

@@ -371,7 +371,7 @@ class ImageDistillTask:
                 speed=self.speed["student"],
             ),
             metrics=accuracy_metrics(final, len(data.test), state.best),
-            budget=training_budget(epochs, state, args.batch_size),
+            budget=training_budget(epochs, state, args.batch_size, args.grad_accum),
             extra={
                 "augment": list(self.augment),
                 "train_size": len(run_data.train),

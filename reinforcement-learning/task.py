@@ -113,7 +113,7 @@ class PolicyDistillTask:
         )
         self.settings = {
             "teacher_sha256": digest,
-            **args_dict(args, (*NOT_SETTINGS, "run_root")),
+            **args_dict(args, (*NOT_SETTINGS, "run_root", "cache")),
             "rounds": self.rounds,
             "steps_per_round": self.steps_per_round,
         }

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from common.errors import ShapeMismatchError
-from common.losses.registry import LOSSES, LossTerm, Outputs, Reads, require
+from common.losses.registry import LOSSES, LossTerm, Outputs, Reads, check_positive, require
 
 
 def _check_logits(student_logits: Tensor, teacher_logits: Tensor, what: str) -> None:
@@ -127,6 +127,7 @@ class KDTerm(LossTerm):
 
     def __init__(self, temperature: float = 4.0, key: str = "logits") -> None:
         super().__init__()
+        check_positive("kd", temperature=temperature)
         self.temperature, self.key = temperature, key
 
     def reads(self) -> Reads:
@@ -153,6 +154,7 @@ class DKDTerm(LossTerm):
         labels_key: str = "labels",
     ) -> None:
         super().__init__()
+        check_positive("dkd", temperature=temperature)
         self.alpha, self.beta, self.temperature = alpha, beta, temperature
         self.key, self.labels_key = key, labels_key
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from common.errors import ShapeMismatchError
-from common.losses.registry import LOSSES, LossTerm, Outputs, Reads, require
+from common.losses.registry import LOSSES, LossTerm, Outputs, Reads, check_positive, require
 
 
 def policy_distillation_loss(
@@ -65,6 +65,7 @@ class PolicyDistillationTerm(LossTerm):
 
     def __init__(self, temperature: float = 1.0, key: str = "logits") -> None:
         super().__init__()
+        check_positive("policy_kl", temperature=temperature)
         self.temperature, self.key = temperature, key
 
     def reads(self) -> Reads:

@@ -109,6 +109,13 @@ class LossTerm(nn.Module):
         raise NotImplementedError
 
 
+def check_positive(term: str, **values: float) -> None:
+    """Refuse an option that must be a positive number (a temperature), naming it."""
+    for name, value in values.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+            raise ConfigError(f"{term}: {name} must be a number > 0, e.g. 2.0; got {value!r}")
+
+
 def require(outputs: Outputs | None, key: str, who: str, term: str) -> Any:
     """Fetch ``outputs[key]`` or raise an error that says which adapter must provide it."""
     if outputs is None:
@@ -216,6 +223,8 @@ def build_loss(
         factory = LOSSES.get(name)
         try:
             terms[name] = factory(**dict(options.get(name, {})))
-        except TypeError as err:
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as err:
             raise ConfigError(f"bad options for loss {name!r}: {err}") from None
     return CombinedLoss(terms, weights)

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(Args, argv, PRESETS)
     check_runtime(args)
     methods = resolve_methods(args.methods, METHODS, args.loss, args.loss_option)
-    return run_experiment(ImageDistillTask(args), methods, args)
+    return run_experiment(lambda: ImageDistillTask(args), methods, args)
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> Path:
         num_workers=args.num_workers,
         config=settings,
     )
-    final = test_teacher(model, data, args.dataset, augment)
+    final = {**test_teacher(model, data, args.dataset, augment), **state.last_eval}
     save_model_dir(model, cfg, model_dir)
     speed = speed_report(model, data.shape)
     desc = describe_model(
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> Path:
         seed=args.seed,
         model=desc,
         metrics=accuracy_metrics(final, len(data.test), state.best),
-        budget=training_budget(args.epochs, state, args.batch_size),
+        budget=training_budget(args.epochs, state, args.batch_size, args.grad_accum),
         started=start,
         reuse_key=reuse_key,
         extra={"augment": list(augment), "train_size": len(data.train), "args": settings},

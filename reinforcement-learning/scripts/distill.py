@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     methods = resolve_methods(
         args.methods, METHODS[kind], args.loss, args.loss_option, {"collect": "teacher"}
     )
-    return run_experiment(PolicyDistillTask(args), methods, args)
+    return run_experiment(lambda: PolicyDistillTask(args), methods, args)
 
 
 if __name__ == "__main__":
