@@ -184,3 +184,45 @@ def check_teacher_file(path: Path, train_command: str) -> None:
         raise ConfigError(
             f"no teacher at {path.parent}; train one first: {train_command} (or pass --teacher)"
         )
+
+
+def measure_config(
+    config: str,
+    *,
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    adapter: Any,
+    loader: Any,
+    kd_loss: Any,
+    build_cache: Callable[[], tuple[Any, Any]],
+    args: Any,
+    lr: float,
+    weight_decay: float,
+) -> dict[str, Any]:
+    """One of :data:`CONFIGS` timed with :func:`time_steps`: the student alone (``ce``), KD
+    with the live teacher, or KD with the teacher's outputs from a warm cache
+    (``build_cache() -> (cache, stats)``, built before timing starts)."""
+    from common.cache import CachedTeacherAdapter
+    from common.losses import build_loss
+
+    cache_s = None
+    if config == "student alone":
+        loss, teacher = build_loss("ce"), None
+    else:
+        loss = kd_loss
+        if config == "kd, warm cache":
+            teacher, stats = build_cache()
+            cache_s = stats.to_dict()
+            adapter = CachedTeacherAdapter(adapter)
+    timing = time_steps(
+        student=student,
+        teacher=teacher,
+        loss=loss,
+        adapter=adapter,
+        loader=loader,
+        warmup=args.warmup_steps,
+        steps=args.steps,
+        lr=lr,
+        weight_decay=weight_decay,
+    )
+    return {"config": config, **timing, "cache": cache_s}

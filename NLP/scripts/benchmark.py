@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 
-from common.benchmark import BenchmarkArgs, check_teacher_file, run_benchmark, time_steps
+from common.benchmark import BenchmarkArgs, check_teacher_file, measure_config, run_benchmark
 from common.cli import parse_args, run_main
 from common.io import atomic_write_json
 
@@ -72,7 +72,6 @@ def _measure(config: str, args: Args) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
     from common.cache import (
-        CachedTeacherAdapter,
         cache_key,
         compute_outputs,
         fingerprint,
@@ -89,43 +88,33 @@ def _measure(config: str, args: Args) -> dict[str, Any]:
     set_seed(0)
     student = build_student(args.student, teacher, classes, "pca")
     loader = make_loader(train, args.batch_size, True, pad_id)
-    adapter: Any = TextAdapter()
-    model_teacher: Any = None
-    cache_s = None
-    if config == "student alone":
-        loss = build_loss("ce")
-    else:
-        loss = build_loss({"kd": 0.5, "ce": 0.5}, {"kd": {"temperature": 2.0}})
-        model_teacher = teacher
-        if config == "kd, warm cache":
-            key = cache_key(
-                teacher_sha256=weights_digest(args.teacher),
-                data_sha256=fingerprint(*token_tensors(train)),
-                preprocessing={"padding": "dynamic", "pad_id": pad_id},
-                outputs=["logits"],
-            )
-            ordered = make_loader(train, 128, False, pad_id)
-            model_teacher, stats = load_or_compute(
-                args.paths(DOMAIN)[0],
-                key,
-                lambda: compute_outputs(
-                    teacher, TextAdapter().teacher, ordered, len(train), ["logits"]
-                ),
-            )
-            cache_s = stats.to_dict()
-            adapter = CachedTeacherAdapter(adapter)
-    timing = time_steps(
+
+    def warm_cache() -> Any:
+        key = cache_key(
+            teacher_sha256=weights_digest(args.teacher),
+            data_sha256=fingerprint(*token_tensors(train)),
+            preprocessing={"padding": "dynamic", "pad_id": pad_id},
+            outputs=["logits"],
+        )
+        ordered = make_loader(train, 128, False, pad_id)
+        compute = lambda: compute_outputs(  # noqa: E731
+            teacher, TextAdapter().teacher, ordered, len(train), ["logits"]
+        )
+        return load_or_compute(args.paths(DOMAIN)[0], key, compute)
+
+    kd = build_loss({"kd": 0.5, "ce": 0.5}, {"kd": {"temperature": 2.0}})
+    return measure_config(
+        config,
         student=student,
-        teacher=model_teacher,
-        loss=loss,
-        adapter=adapter,
+        teacher=teacher,
+        adapter=TextAdapter(),
         loader=loader,
-        warmup=args.warmup_steps,
-        steps=args.steps,
+        kd_loss=kd,
+        build_cache=warm_cache,
+        args=args,
         lr=5e-4,
         weight_decay=0.01,
     )
-    return {"config": config, **timing, "cache": cache_s}
 
 
 def _inference(args: Args) -> dict[str, Any]:

@@ -103,14 +103,9 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(Args, argv, PRESETS)
     check_runtime(args)
     start = time.perf_counter()
+    split = {k: getattr(args, k) for k in ("val_frac", "test_frac", "split_seed")}
     data = load_dataset(
-        args.dataset,
-        args.data_file,
-        val_frac=args.val_frac,
-        test_frac=args.test_frac,
-        split_seed=args.split_seed,
-        max_train=args.max_train,
-        max_test=args.max_test,
+        args.dataset, args.data_file, max_train=args.max_train, max_test=args.max_test, **split
     )
     settings, reuse_key = teacher_settings(args, fingerprint_texts(data.train, data.val, data.test))
     model_dir = args.out_dir / "model"

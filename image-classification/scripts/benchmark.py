@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 
-from common.benchmark import BenchmarkArgs, check_teacher_file, run_benchmark, time_steps
+from common.benchmark import BenchmarkArgs, check_teacher_file, measure_config, run_benchmark
 from common.cli import parse_args, run_main
 from common.io import atomic_write_json
 
@@ -52,7 +52,6 @@ def _measure(config: str, args: Args) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
     from common.cache import (
-        CachedTeacherAdapter,
         cache_key,
         compute_outputs,
         fingerprint,
@@ -75,43 +74,33 @@ def _measure(config: str, args: Args) -> dict[str, Any]:
     s_cfg = ModelConfig.for_data(data, "cnn", args.student, t_cfg.dataset)
     student = build_model(s_cfg)
     loader = make_loader(data.train, data, args.batch_size, shuffle=True, seed=0)
-    adapter: Any = ImageAdapter()
-    model_teacher: Any = None
-    cache_s = None
-    if config == "student alone":
-        loss = build_loss("ce")
-    else:
-        loss = build_loss({"kd": 0.9, "ce": 0.1}, {"kd": {"temperature": 4.0}})
-        model_teacher = teacher
-        if config == "kd, warm cache":
-            key = cache_key(
+    return measure_config(
+        config,
+        student=student,
+        teacher=teacher,
+        adapter=ImageAdapter(),
+        loader=loader,
+        kd_loss=build_loss({"kd": 0.9, "ce": 0.1}, {"kd": {"temperature": 4.0}}),
+        build_cache=lambda: load_or_compute(
+            args.paths(DOMAIN)[0],
+            cache_key(
                 teacher_sha256=sha256_file(args.teacher / "model.safetensors"),
                 data_sha256=fingerprint(data.train.images),
                 preprocessing={"mean": data.mean, "std": data.std, "augment": []},
                 outputs=["logits"],
-            )
-            ordered = make_loader(data.train, data, 512, shuffle=False)
-            model_teacher, stats = load_or_compute(
-                args.paths(DOMAIN)[0],
-                key,
-                lambda: compute_outputs(
-                    teacher, ImageAdapter().teacher, ordered, len(data.train), ["logits"]
-                ),
-            )
-            cache_s = stats.to_dict()
-            adapter = CachedTeacherAdapter(adapter)
-    timing = time_steps(
-        student=student,
-        teacher=model_teacher,
-        loss=loss,
-        adapter=adapter,
-        loader=loader,
-        warmup=args.warmup_steps,
-        steps=args.steps,
+            ),
+            lambda: compute_outputs(
+                teacher,
+                ImageAdapter().teacher,
+                make_loader(data.train, data, 512, shuffle=False),
+                len(data.train),
+                ["logits"],
+            ),
+        ),
+        args=args,
         lr=3e-3,
         weight_decay=5e-4,
     )
-    return {"config": config, **timing, "cache": cache_s}
 
 
 def _inference(args: Args) -> dict[str, Any]:
