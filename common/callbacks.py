@@ -327,6 +327,11 @@ class CheckpointCallback(Callback):
         acc = loop.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
+            # The best weights first: a checkpoint whose state names this step as the best
+            # must never exist without them (a kill between the two writes would otherwise
+            # resume with a best that has no weights, and end on other ones).
+            if self.save_best and loop.state.best.get("step") == loop.state.step:
+                save_model_atomic(loop.student, self.directory / "best.safetensors")
             save_checkpoint(
                 self.directory,
                 loop.state.step,
@@ -338,8 +343,6 @@ class CheckpointCallback(Callback):
                 keep_last=self.keep_last,
                 config=self.config,
             )
-            if self.save_best and loop.state.best.get("step") == loop.state.step:
-                save_model_atomic(loop.student, self.directory / "best.safetensors")
         acc.wait_for_everyone()
         self._saved = loop.state.to_dict()
 
