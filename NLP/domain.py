@@ -6,7 +6,7 @@ DOMAIN = Domain(
     name="nlp",
     teacher_script="nlp.scripts.train_teacher",
     distill_script="nlp.scripts.distill",
-    config_keys=("model_type", "architectures"),
+    config_keys=("model_type",),
     marker_files=("distillery.json",),
     summary="BERT-family teacher -> small BERT student",
 )

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError
+from transformers.utils import logging as hf_logging
 
 from common.domains import check_model_folder
 from common.errors import CheckpointError
@@ -90,6 +91,7 @@ def load_model_dir(directory: Path, attentions: bool = False) -> tuple[Any, Any,
             f"{directory} is not a saved text classifier (no config.json). Train one first with "
             "`python -m nlp.scripts.train_teacher` (or distill.py), or pass the folder it wrote."
         )
+    hf_logging.disable_progress_bar()  # a one-second load needs no bar on stderr
     try:
         model = load_classifier(str(directory), attentions=attentions)
         tokenizer = load_tokenizer(str(directory))

@@ -33,13 +33,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import PartialState
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from common.errors import ConfigError, DistilleryError
 from common.io import atomic_path
+from common.training import process_state
 
 FORMAT_VERSION = 1
 AUGMENTATION_REASON = (
@@ -232,7 +232,7 @@ def load_or_compute(
     path = Path(cache_dir) / f"{key_digest(key)}.safetensors"
     start = time.perf_counter()
     hit = path.exists()
-    state = PartialState()
+    state = process_state()
     with state.main_process_first():
         if not path.exists() and state.is_main_process:
             outputs = {k: v.contiguous() for k, v in compute().items()}

@@ -43,7 +43,7 @@ class Domain:
     teacher_artifact: str = "model"
     """Path of the trained teacher inside its run folder (what distill's --teacher takes)."""
     config_keys: tuple[str, ...] = ()
-    """Keys of a ``config.json`` that mark a model folder of this domain."""
+    """Keys of a ``config.json`` that together mark a model folder of this domain."""
     marker_files: tuple[str, ...] = ()
     """Files whose presence marks a model folder of this domain."""
 
@@ -53,7 +53,7 @@ class Domain:
         if any((folder / f).is_file() for f in self.marker_files):
             return True
         config = _read_config(folder)
-        return bool(config) and any(k in config for k in self.config_keys)
+        return bool(config and self.config_keys) and all(k in config for k in self.config_keys)
 
     def teacher_argv(self, preset: str, root: Path) -> list[str]:
         return ["--preset", preset, "--out-dir", str(root / "teacher")]

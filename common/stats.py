@@ -156,8 +156,8 @@ class GroupSummary:
         if min(row.n, base.n) < 2:
             return "one seed: no spread measured, gain not established"
         spread = max(row.std, base.std)
-        if gain == 0:
-            return "no difference"
+        if spread == 0 and gain == 0:
+            return "no difference (identical scores)"
         if spread == 0 or abs(gain) > NOISE_SIGMAS * spread:
             return f"{'gain' if gain > 0 else 'loss'} beyond {NOISE_SIGMAS:g}σ"
         return f"within noise (|gain| ≤ {NOISE_SIGMAS:g}σ)"

@@ -145,10 +145,18 @@ def shutdown_distributed(*, wait: bool = True) -> None:
     torch.distributed.destroy_process_group()
 
 
+def process_state() -> PartialState:
+    """Accelerate's process state, set up the way :func:`make_accelerator` sets it up (the CPU,
+    so gloo, when there is no CUDA device). Whatever asks first fixes the backend for the whole
+    run, so nothing may build the state any other way: a plain ``PartialState()`` before the
+    Accelerator would take two ``--multi_gpu`` CPU processes for two separate runs."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def is_main_process() -> bool:
     """True in a single process, and in process 0 of an ``accelerate launch`` group: the one
     that writes shared files (results, saved models, summaries) and prints reports."""
-    return PartialState().is_main_process
+    return process_state().is_main_process
 
 
 def trainable_parameters(student: nn.Module, loss_fn: nn.Module) -> list[nn.Parameter]:
@@ -368,5 +376,5 @@ def training_budget(
 ) -> dict[str, int]:
     """What a run consumed, for results.json (examples summed over all processes and
     accumulated batches)."""
-    per_step = batch_size * PartialState().num_processes * grad_accum
+    per_step = batch_size * process_state().num_processes * grad_accum
     return {"epochs": epochs, "steps": state.step, "examples": state.step * per_step}

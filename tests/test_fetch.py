@@ -16,6 +16,8 @@ from common import fetch as F
 from common.errors import DistilleryError
 
 EXPECTED_DATASETS = {"fashion-mnist", "mnist", "polarity", "tweets", "sms-spam"}
+# Fetched only when named (tests/test_mpnet_fetch.py covers the split-zip kind).
+ON_REQUEST = {"all-mpnet-base-v2"}
 # Resolved at import, before any test points DISTILLERY_DATA_DIR at a temp dir.
 REAL_ROOT = F.data_root()
 
@@ -97,12 +99,24 @@ def _fake_download(
 
 def test_manifest_is_well_formed() -> None:
     raw = json.loads(F.MANIFEST_PATH.read_text(encoding="utf-8"))
-    assert set(raw["datasets"]) == EXPECTED_DATASETS
+    assert set(raw["datasets"]) == EXPECTED_DATASETS | ON_REQUEST
     for name, entry in raw["datasets"].items():
         assert entry["description"] and entry["licence"], name
+        assert entry.get("on_request", False) == (name in ON_REQUEST), name
         src = entry["source"]
-        assert src["kind"] in {"apt", "pypi"} and src["package"] and src["version"], name
+        assert src["kind"] in {"apt", "pypi", F.SPLIT_ZIP} and src["version"], name
         assert src["kind"] == "apt" or src["archive"] in {"wheel", "sdist"}, name
+        if src["kind"] == F.SPLIT_ZIP:
+            assert src["archive"] == "wheel" and len(src["parts"]) > 1, name
+            for part in src["parts"]:
+                assert part["package"] and part["member"], name
+                assert re.fullmatch(r"[0-9a-f]{64}", part["sha256"]), f"{name} {part}"
+                assert isinstance(part["size"], int) and part["size"] > 0, f"{name} {part}"
+            joined = src["joined"]
+            assert re.fullmatch(r"[0-9a-f]{64}", joined["sha256"]), name
+            assert joined["size"] == sum(p["size"] for p in src["parts"]), name
+        else:
+            assert src["package"], name
         assert entry["files"], f"{name} lists no files"
         for rel, spec in entry["files"].items():
             assert not Path(rel).is_absolute() and ".." not in Path(rel).parts, rel
@@ -139,7 +153,7 @@ def test_missing_dataset_names_package_and_command(data_dir: Path) -> None:
 def test_unknown_name_is_value_error_listing_known(data_dir: Path, call) -> None:
     with pytest.raises(ValueError, match="imagenet") as exc:
         call("imagenet")
-    for name in EXPECTED_DATASETS:
+    for name in EXPECTED_DATASETS | ON_REQUEST:
         assert name in str(exc.value)
     assert not data_dir.exists(), "an unknown name must fail before touching the cache"
 
@@ -176,8 +190,9 @@ def test_cli_reports_errors_without_traceback(
     assert "error: unknown dataset 'imagenet'" in capsys.readouterr().err
     assert F.main(["--list"]) == 0
     out = capsys.readouterr().out
-    for name in EXPECTED_DATASETS:
+    for name in EXPECTED_DATASETS | ON_REQUEST:
         assert re.search(rf"{re.escape(name)}\s+missing", out), out
+    assert re.search(r"all-mpnet-base-v2 .*on request.*python -m common\.fetch all-mpnet", out)
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -342,10 +357,12 @@ def test_apt_not_root_says_to_run_apt_get_update(
 # --------------------------------------------------------------------------- real data
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_DATASETS))
+@pytest.mark.parametrize("name", sorted(EXPECTED_DATASETS | ON_REQUEST))
 def test_real_fetched_files_match_manifest(name: str) -> None:
-    """Full sha256 check of the real cache (`make data` runs before the tests in CI)."""
+    """Full sha256 check of the real cache (`make data` runs before the tests in CI; the
+    on-request entries are checked when someone fetched them)."""
     if not (REAL_ROOT / name).is_dir():
-        pytest.skip(f"{name} not fetched into {REAL_ROOT}; run `make data`")
+        how = f"python -m common.fetch {name}" if name in ON_REQUEST else "make data"
+        pytest.skip(f"{name} not fetched into {REAL_ROOT}; run `{how}`")
     F.verify(name)
     assert F.dataset_dir(name) == REAL_ROOT / name

