@@ -429,6 +429,6 @@ def test_quick_presets_distil_a_useful_student(tmp_path):
     # Sizes, not speeds: a timing asserted in a test fails on a busy machine (the benchmark
     # measures speed).
     assert summary["teacher"]["params"] >= 5 * summary["methods"]["kd"]["student_params"]
-    # One seed on 600 test sentences: kd vs none differ by noise here (the main job runs 3
-    # seeds are the comparison); the distilled student must keep most of the teacher's skill.
+    # One seed on 600 test sentences: kd vs none differ by noise here (the main job's 3 seeds
+    # are the comparison); the distilled student must keep most of the teacher's skill.
     assert summary["methods"]["kd"]["mean"] >= 0.85 * t_acc
