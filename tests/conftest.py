@@ -19,6 +19,16 @@ def sb3_tmp_dirs() -> set[str]:
     return {p.name for p in Path("/tmp").glob("SB3-*")}
 
 
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch) -> Path:
+    """An empty data root for fetch tests (``$DISTILLERY_DATA_DIR``)."""
+    from common import fetch
+
+    root = tmp_path / "data"
+    monkeypatch.setenv(fetch.ENV_VAR, str(root))
+    return root
+
+
 @pytest.fixture(scope="session")
 def image_teacher(tmp_path_factory):
     from image_classification.scripts import train_teacher

@@ -23,13 +23,6 @@ REAL_ROOT = F.data_root()
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "data"
-    monkeypatch.setenv(F.ENV_VAR, str(root))
-    return root
-
-
-@pytest.fixture
 def no_download(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args: object) -> Path:
         raise AssertionError("fetch tried to download")

@@ -112,13 +112,6 @@ def _write_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, entry: dict
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "data"
-    monkeypatch.setenv(F.ENV_VAR, str(root))
-    return root
-
-
-@pytest.fixture
 def manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return _write_manifest(tmp_path, monkeypatch, _entry())
 

@@ -75,6 +75,7 @@ def test_a_diverging_loss_stops_the_run():
 
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path, capsys):
     reference = trained_weights(_finish(make_loop(tmp_path / "ref", checkpoint_every=4)))
+
     class Crash(Callback):
         def on_step_end(self, loop, logs):
             if loop.state.step == 13:
