@@ -29,62 +29,65 @@ def data_dir(tmp_path, monkeypatch) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def image_teacher(tmp_path_factory):
+def train_image_teacher(out: Path) -> Path:
+    """The session's image teacher, trained into ``out`` (also used by bad_input_table.py)."""
     from image_classification.scripts import train_teacher
 
-    out = tmp_path_factory.mktemp("image-teacher")
     # AdamW at a modest rate learns more than SGD's one-cycle warm-up in a dozen steps.
-    train_teacher.main(
-        [
-            *IMAGE_SMALL,
-            "--epochs",
-            "2",
-            "--out-dir",
-            str(out),
-            "--optimizer",
-            "adamw",
-            "--lr",
-            "0.002",
-        ]
-    )
+    argv = [*IMAGE_SMALL, "--epochs", "2", "--optimizer", "adamw", "--lr", "0.002"]
+    train_teacher.main([*argv, "--out-dir", str(out)])
     return out / "model"
 
 
-@pytest.fixture(scope="session")
-def one_layer_base(tmp_path_factory):
+def minilm_one_layer(out: Path) -> Path:
     """The packaged MiniLM cut to its first layer, saved as a local checkpoint folder."""
     from transformers import AutoModel
 
     from nlp.teacher_model.bert import load_tokenizer, resolve_checkpoint
 
-    out = tmp_path_factory.mktemp("minilm-1layer")
     path, _ = resolve_checkpoint("minilm")
     AutoModel.from_pretrained(path, num_hidden_layers=1, local_files_only=True).save_pretrained(out)
     load_tokenizer("minilm").save_pretrained(out)
     return out
 
 
-@pytest.fixture(scope="session")
-def nlp_teacher(one_layer_base, tmp_path_factory):
+def train_nlp_teacher(base: Path, out: Path) -> Path:
     from nlp.scripts import train_teacher
 
-    out = tmp_path_factory.mktemp("nlp-teacher")
     train_teacher.main(
-        [*NLP_SMALL, "--teacher", str(one_layer_base), "--epochs", "1", "--lr", "2e-4",
-         "--out-dir", str(out)]
-    )  # fmt: skip
+        [*NLP_SMALL, "--teacher", str(base), "--epochs", "1", "--lr", "2e-4", "--out-dir", str(out)]
+    )
     return out / "model"
+
+
+def train_rl_teacher(out: Path) -> Path:
+    from reinforcement_learning.scripts import train_teacher
+
+    train_teacher.main(["--timesteps", "3072", "--eval-episodes", "3", "--out-dir", str(out)])
+    return out / "model"
+
+
+@pytest.fixture(scope="session")
+def image_teacher(tmp_path_factory):
+    return train_image_teacher(tmp_path_factory.mktemp("image-teacher"))
+
+
+@pytest.fixture(scope="session")
+def one_layer_base(tmp_path_factory):
+    return minilm_one_layer(tmp_path_factory.mktemp("minilm-1layer"))
+
+
+@pytest.fixture(scope="session")
+def nlp_teacher(one_layer_base, tmp_path_factory):
+    return train_nlp_teacher(one_layer_base, tmp_path_factory.mktemp("nlp-teacher"))
 
 
 @pytest.fixture(scope="session")
 def rl_teacher(tmp_path_factory):
-    from reinforcement_learning.scripts import train_teacher
-
     out = tmp_path_factory.mktemp("rl-teacher")
     before = sb3_tmp_dirs()
-    train_teacher.main(["--timesteps", "3072", "--eval-episodes", "3", "--out-dir", str(out)])
+    model = train_rl_teacher(out)
     # SB3 logs into the run directory, never into /tmp/SB3-* folders.
     assert sb3_tmp_dirs() == before
     assert (out / "sb3" / "progress.csv").is_file()
-    return out / "model"
+    return model

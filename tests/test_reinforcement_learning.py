@@ -363,6 +363,30 @@ def test_gaussian_teacher_and_student_on_pendulum(tmp_path):
     assert action.shape == (1,) and -2.0 <= action[0] <= 2.0
 
 
+def test_mujoco_teacher_keeps_the_zoo_policy_settings_through_the_safe_loader(tmp_path):
+    """Hopper-v5's teacher is the zoo's ReLU 256x256 policy with log-std -2: the safe loader
+    (which unpickles nothing) rebuilds that policy, acting exactly as SB3's own policy does."""
+    hp = env_settings("Hopper-v5").ppo
+    assert (hp.activation, hp.net_arch, hp.log_std_init) == ("relu", (256, 256), -2.0)
+    teacher_dir = train_teacher.main(
+        ["--env-id", "Hopper-v5", "--timesteps", "1024", "--eval-episodes", "1",
+         "--out-dir", str(tmp_path / "teacher")]
+    )  # fmt: skip
+    teacher = load_teacher(teacher_dir)
+    policy = teacher.model.policy
+    assert isinstance(policy.mlp_extractor.policy_net[1], torch.nn.ReLU)
+    assert [m.out_features for m in policy.mlp_extractor.policy_net[::2]] == [256, 256]
+    obs = np.random.default_rng(0).normal(0, 1, (64, 11)).astype(np.float32)
+    out = teacher.policy(torch.as_tensor(obs))
+    # 1024 steps of lr 1e-4 move log-std only slightly away from its start at -2.
+    assert out["log_std"].shape == (64, 3) and torch.allclose(
+        out["log_std"], torch.full((64, 3), -2.0), atol=0.05
+    )
+    sb3, _ = teacher.model.predict(teacher.normalization.apply(obs), deterministic=True)
+    ours = greedy(teacher.policy, teacher.spec)(obs)
+    np.testing.assert_allclose(ours, sb3, rtol=1e-5, atol=1e-6)
+
+
 def test_teacher_return_kept_is_relative_to_random():
     assert teacher_return_kept(500, 500, 20) == 1.0
     assert teacher_return_kept(-200, -150, -1250) == pytest.approx(1050 / 1100)

@@ -37,8 +37,9 @@ class Args:
     """Train a PPO teacher on a Gymnasium environment."""
 
     env_id: str = "CartPole-v1"
-    """Gymnasium id: CartPole-v1, LunarLander-v3, LunarLanderContinuous-v3, Acrobot-v1 and
-    Pendulum-v1 have tuned settings; other ids with vector observations get SB3's defaults."""
+    """Gymnasium id: CartPole-v1, LunarLander-v3, LunarLanderContinuous-v3, Acrobot-v1,
+    Pendulum-v1 and the MuJoCo Hopper-v5, HalfCheetah-v5 and Walker2d-v5 have tuned settings;
+    other ids with vector observations get SB3's defaults."""
     timesteps: int | None = None
     """Environment steps to train for; unset: the table's value for the environment."""
     n_envs: int | None = None

@@ -1,8 +1,8 @@
 """Per-environment settings: PPO teacher hyperparameters, student size and distillation budget.
 
 PPO values are rl-baselines3-zoo's tuned ones (``hyperparams/ppo.yml``; LunarLander-v3 and
-LunarLanderContinuous-v3 use the zoo's -v2 entries, the tasks are the same), with SB3's
-defaults where the zoo sets nothing. One deliberate change: observations are normalized
+LunarLanderContinuous-v3 use the zoo's -v2 entries, the MuJoCo -v5 tasks its -v3 entries, the
+tasks are the same up to simulator details), with SB3's defaults where the zoo sets nothing. One deliberate change: observations are normalized
 (``VecNormalize``) for every environment, because the issue's design saves those statistics
 with the teacher and feeds them to the student; the zoo normalizes only Acrobot (rewards too,
 which we keep there).
@@ -39,6 +39,12 @@ class PPOHyperparams:
     total_timesteps: int = 1_000_000
     net_arch: tuple[int, ...] = (64, 64)
     """Hidden sizes of the actor and of the critic (SB3's MlpPolicy default)."""
+    activation: str = "tanh"
+    """Hidden-layer activation of actor and critic: "tanh" (SB3's default) or "relu"."""
+    ortho_init: bool = True
+    """Orthogonal initialisation of the layers (SB3's default)."""
+    log_std_init: float = 0.0
+    """Initial log standard deviation of a Gaussian policy (continuous actions)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,11 @@ class EnvSettings:
     """Environment steps collected per round."""
     solved: float | None = None
     """The usual "solved" return, for reports only."""
+
+# MuJoCo locomotion (gymnasium[mujoco], mujoco 3.9): the zoo's tuned -v3 settings, one env,
+# observations and rewards normalized ("normalize: true"), 1M steps.
+_ZOO_MUJOCO = dict(n_envs=1, n_steps=512, normalize_reward=True, total_timesteps=1_000_000)
+_ZOO_RELU_256 = dict(net_arch=(256, 256), activation="relu", ortho_init=False, log_std_init=-2.0)
 
 
 ENV_TABLE: dict[str, EnvSettings] = {
@@ -140,6 +151,59 @@ ENV_TABLE: dict[str, EnvSettings] = {
         rounds=10,
         steps_per_round=5_000,
         solved=-200.0,
+    ),
+    "Hopper-v5": EnvSettings(
+        ppo=PPOHyperparams(
+            **_ZOO_MUJOCO,
+            **_ZOO_RELU_256,
+            batch_size=32,
+            n_epochs=5,
+            gamma=0.999,
+            gae_lambda=0.99,
+            learning_rate=9.80828e-05,
+            ent_coef=0.00229519,
+            clip_range=0.2,
+            max_grad_norm=0.7,
+            vf_coef=0.835671,
+        ),
+        student_hidden=(64,),
+        rounds=10,
+        steps_per_round=5_000,
+    ),
+    "HalfCheetah-v5": EnvSettings(
+        ppo=PPOHyperparams(
+            **_ZOO_MUJOCO,
+            **_ZOO_RELU_256,
+            batch_size=64,
+            n_epochs=20,
+            gamma=0.98,
+            gae_lambda=0.92,
+            learning_rate=2.0633e-05,
+            ent_coef=0.000401762,
+            clip_range=0.1,
+            max_grad_norm=0.8,
+            vf_coef=0.58096,
+        ),
+        student_hidden=(64,),
+        rounds=10,
+        steps_per_round=5_000,
+    ),
+    "Walker2d-v5": EnvSettings(
+        ppo=PPOHyperparams(
+            **_ZOO_MUJOCO,
+            batch_size=32,
+            n_epochs=20,
+            gamma=0.99,
+            gae_lambda=0.95,
+            learning_rate=5.05041e-05,
+            ent_coef=0.000585045,
+            clip_range=0.1,
+            max_grad_norm=1.0,
+            vf_coef=0.871923,
+        ),
+        student_hidden=(32,),
+        rounds=10,
+        steps_per_round=5_000,
     ),
 }
 

@@ -170,10 +170,24 @@ def make_training_env(env_id: str, hp: PPOHyperparams, seed: int) -> VecNormaliz
     )
 
 
+ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
+"""``PPOHyperparams.activation`` names and the layers they stand for."""
+
+
 def net_arch_kwargs(hp: PPOHyperparams, actor: tuple[int, ...] | None = None) -> dict[str, Any]:
     """``policy_kwargs`` of our MlpPolicy: ``actor`` overrides the actor's hidden sizes (the
-    critic keeps ``hp.net_arch``); everything else is SB3's default (tanh, orthogonal init)."""
-    return {"net_arch": {"pi": list(actor or hp.net_arch), "vf": list(hp.net_arch)}}
+    critic keeps ``hp.net_arch``); activation, initialisation and the Gaussian's initial
+    log-std come from ``hp`` (their defaults are SB3's)."""
+    if hp.activation not in ACTIVATIONS:
+        raise ConfigError(
+            f"activation {hp.activation!r} is not one of {', '.join(ACTIVATIONS)}"
+        )
+    return {
+        "net_arch": {"pi": list(actor or hp.net_arch), "vf": list(hp.net_arch)},
+        "activation_fn": ACTIVATIONS[hp.activation],
+        "ortho_init": hp.ortho_init,
+        "log_std_init": hp.log_std_init,
+    }
 
 
 def _ppo_kwargs(hp: PPOHyperparams, policy_kwargs: dict[str, Any]) -> dict[str, Any]:
