@@ -61,6 +61,7 @@ class EnvSettings:
     solved: float | None = None
     """The usual "solved" return, for reports only."""
 
+
 # MuJoCo locomotion (gymnasium[mujoco], mujoco 3.9): the zoo's tuned -v3 settings, one env,
 # observations and rewards normalized ("normalize: true"), 1M steps.
 _ZOO_MUJOCO = dict(n_envs=1, n_steps=512, normalize_reward=True, total_timesteps=1_000_000)

@@ -179,9 +179,7 @@ def net_arch_kwargs(hp: PPOHyperparams, actor: tuple[int, ...] | None = None) ->
     critic keeps ``hp.net_arch``); activation, initialisation and the Gaussian's initial
     log-std come from ``hp`` (their defaults are SB3's)."""
     if hp.activation not in ACTIVATIONS:
-        raise ConfigError(
-            f"activation {hp.activation!r} is not one of {', '.join(ACTIVATIONS)}"
-        )
+        raise ConfigError(f"activation {hp.activation!r} is not one of {', '.join(ACTIVATIONS)}")
     return {
         "net_arch": {"pi": list(actor or hp.net_arch), "vf": list(hp.net_arch)},
         "activation_fn": ACTIVATIONS[hp.activation],
