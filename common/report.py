@@ -14,6 +14,7 @@ report and skipped; the rest is still reported.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from collections.abc import Iterable, Sequence
@@ -222,6 +223,8 @@ def render_markdown(
             out += ["", "Training data per run: " + "; ".join(data) + "."]
         if s.title in figures:
             out += ["", f"![{s.title}]({figures[s.title]})"]
+        if f"{s.title} curves" in figures:
+            out += ["", f"![{s.title}: learning curves]({figures[f'{s.title} curves']})"]
     if problems:
         out += ["", "## Skipped results", ""] + [f"- {p}" for p in problems]
     return "\n".join(out) + "\n"
@@ -260,6 +263,89 @@ def plot_domain(s: DomainSummary, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+CURVE_FILE = "metrics.jsonl"
+
+
+def read_curve(results_file: str | Path, metric: str) -> tuple[str, dict[float, float]]:
+    """The validation curve logged beside a ``results.json`` (its ``metrics.jsonl`` epoch
+    events): ``(x name, {x: value})``, where x is environment steps when every event records
+    them (RL) and optimizer steps otherwise, and the value is the validation counterpart of
+    the primary test metric (``test/accuracy`` -> ``val/accuracy``, ``test/return_mean`` ->
+    ``val/return``). Empty when the run logged no such curve."""
+    path = Path(results_file).parent / CURVE_FILE
+    if not path.is_file():
+        return "step", {}
+    name = metric.split("/", 1)[-1]
+    keys = (f"val/{name}", f"val/{name.removesuffix('_mean')}")
+    events = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill: the rest of the curve still counts
+        if isinstance(event, dict) and event.get("event") == "epoch":
+            events.append(event)
+    x_key = "env_steps" if events and all("env_steps" in e for e in events) else "step"
+    curve = {}
+    for e in events:
+        value = next((e[k] for k in keys if isinstance(e.get(k), int | float)), None)
+        if value is not None and isinstance(e.get(x_key), int | float):
+            curve[float(e[x_key])] = float(value)
+    return x_key, curve
+
+
+def plot_curves(s: DomainSummary, path: Path) -> bool:
+    """Validation score against training progress, one line per method (mean over the seeds
+    that logged that point, band ± std); False when no run logged a curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.2, 4.0))
+    x_names = set()
+    for row in s.rows.values():
+        curves = []
+        for run in row.runs:
+            x_name, curve = read_curve(run, s.metric)
+            if curve:
+                curves.append(curve)
+                x_names.add(x_name)
+        if not curves:
+            continue
+        xs = sorted(set().union(*curves))
+        points = [[c[x] for c in curves if x in c] for x in xs]
+        mean = [sum(p) / len(p) for p in points]
+        std = [
+            math.sqrt(sum((v - m) ** 2 for v in p) / max(len(p) - 1, 1))
+            for p, m in zip(points, mean, strict=True)
+        ]
+        label = f"{'student alone' if row.method == 'none' else row.method} (n={len(curves)})"
+        (line,) = ax.plot(
+            xs, mean, marker=".", label=label, ls="--" if row.method == "none" else "-"
+        )
+        ax.fill_between(
+            xs,
+            [m - d for m, d in zip(mean, std, strict=True)],
+            [m + d for m, d in zip(mean, std, strict=True)],
+            color=line.get_color(),
+            alpha=0.15,
+        )
+    if not x_names:
+        plt.close(fig)
+        return False
+    if s.teacher_score is not None:
+        ax.axhline(s.teacher_score, color="0.3", lw=0.8, ls=":", label="teacher (test)")
+    ax.set_xlabel("environment steps" if x_names == {"env_steps"} else "optimizer steps")
+    ax.set_ylabel(f"validation {s.metric.split('/', 1)[-1]}")
+    ax.set_title(f"{s.title}: learning curves (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def plot_overview(summaries: Sequence[DomainSummary], path: Path) -> bool:
@@ -320,6 +406,9 @@ def write_report(paths: Sequence[Path], out_dir: Path) -> tuple[Path, str]:
         name = f"{s.domain}-{s.dataset}-{s.teacher_name}".replace("/", "_") + ".png"
         plot_domain(s, out_dir / name)
         figures[s.title] = name
+        curves = name.removesuffix(".png") + "-curves.png"
+        if plot_curves(s, out_dir / curves):
+            figures[f"{s.title} curves"] = curves
     if not summaries:
         problems = [*problems, "no student results to compare"]
     report = out_dir / "REPORT.md"

@@ -93,6 +93,8 @@ class MethodRow:
     """The test set's sampling record of one run (the same test set for every seed)."""
     metric_means: dict[str, float] = field(default_factory=dict)
     """Mean over seeds of every numeric final metric (agreement, ECE, ...)."""
+    runs: list[str] = field(default_factory=list)
+    """The runs' ``results.json`` files, when they were read from disk (learning curves)."""
     mean: float = field(init=False)
     std: float = field(init=False)
 
@@ -294,6 +296,7 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[GroupSummary]:
                 data={k: int(v) for k in DATA_KEYS if isinstance(v := extra.get(k), (int, float))},
                 sampling=rs[0]["metrics"].get("sampling"),
                 metric_means=_numeric_means(rs),
+                runs=[str(r["_path"]) for r in rs if "_path" in r],
             )
         speed = {"teacher": t_speed, "student": first["student"].get("speed") or {}}
         summaries.append(

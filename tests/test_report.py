@@ -139,3 +139,39 @@ def test_a_teacher_no_better_than_the_student_alone_is_said_plainly(tmp_path):
     assert "`none`: epochs 2, steps 10; `kd`: epochs 2, steps 10." in text
     (summary,) = summarize(load_all([tmp_path / "runs"])[0])
     assert summary.gap_closure(summary.rows["kd"]) is None
+
+
+def _log_curve(run, events):
+    with open(run / "metrics.jsonl", "w", encoding="utf-8") as f:
+        for e in events:
+            f.write(json.dumps({"event": "epoch", **e}) + "\n")
+
+
+def test_learning_curves_are_read_beside_each_result_and_plotted(tmp_path):
+    from common.report import read_curve
+
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        for method, base in (("none", 0.5), ("kd", 0.6)):
+            run = write_run(root, "image-classification", method, seed, base + 0.2)
+            _log_curve(
+                run, [{"epoch": e, "step": 10 * e, "val/accuracy": base + 0.1 * e} for e in (1, 2)]
+            )
+    # RL: the x axis is environment steps when every event records them; a val/return curve
+    # stands for the test/return_mean metric; a line cut short by a kill is skipped.
+    rl = write_run(root, "reinforcement-learning", "dagger", 0, 400.0, "test/return_mean")
+    _log_curve(rl, [{"epoch": 1, "step": 5, "env_steps": 2000, "val/return": 100.0}])
+    with open(rl / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"event": "epoch", "epo')
+    assert read_curve(rl / "results.json", "test/return_mean") == ("env_steps", {2000.0: 100.0})
+    x, curve = read_curve(root / "image-classification/kd/seed-1/results.json", "test/accuracy")
+    assert x == "step" and curve == pytest.approx({10.0: 0.7, 20.0: 0.8})
+    assert read_curve(tmp_path / "nowhere" / "results.json", "test/accuracy") == ("step", {})
+
+    report, _ = write_report([root], tmp_path / "report")
+    text = report.read_text()
+    for name in (
+        "image-classification-toy-big-curves.png",
+        "reinforcement-learning-toy-big-curves.png",
+    ):
+        assert f"({name})" in text and (tmp_path / "report" / name).stat().st_size > 1000
