@@ -5,6 +5,7 @@ baseline with the student's architecture, and model descriptions for results.jso
 from __future__ import annotations
 
 import copy
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from stable_baselines3.common.callbacks import BaseCallback
 from torch import Tensor, nn
 
 from common.losses import CombinedLoss
@@ -226,6 +228,62 @@ def actor_to_compact(
     return student.eval()
 
 
+class BaselineCurve(BaseCallback):
+    """The PPO baseline's learning curve, on the points distillation logs its own: every
+    ``every`` environment steps (between rollouts, so after PPO's update) and at the end, the
+    actor as it stands, copied into the compact student with the current observation
+    statistics, plays the greedy validation episodes; each point is appended to ``path`` as
+    the ``metrics.jsonl`` epoch event the report's learning curves read. The global RNGs are
+    saved and restored around it, so the curve does not change the run it watches."""
+
+    def __init__(
+        self, path: Path, every: int, env_id: str, spec: SpaceSpec, hidden: tuple[int, ...],
+        episodes: int,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.path, self.every, self.env_id, self.spec = Path(path), every, env_id, spec
+        self.hidden, self.episodes = hidden, episodes
+        self.next, self.points = every, 0
+
+    def _on_training_start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("", encoding="utf-8")
+
+    def _on_rollout_start(self) -> None:
+        if self.num_timesteps >= self.next:
+            self.record()
+            while self.next <= self.num_timesteps:
+                self.next += self.every
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_training_end(self) -> None:
+        self.record()
+
+    def record(self) -> None:
+        venv = self.model.get_env()
+        np_state = np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            student = actor_to_compact(
+                self.model.policy, self.hidden, self.spec, ObsNormalization.from_vecnormalize(venv)
+            )
+            metrics, _ = evaluate_returns(
+                student, self.env_id, self.spec, self.episodes, VAL_SEED, "val"
+            )
+        np.random.set_state(np_state)
+        self.points += 1
+        event = {
+            "event": "epoch",
+            "epoch": self.points,
+            "step": self.num_timesteps,
+            "env_steps": self.num_timesteps,
+            "val/return": metrics["val/return_mean"],
+        }
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(event) + "\n")
+
+
 def train_baseline(
     env_id: str,
     hp: PPOHyperparams,
@@ -235,11 +293,21 @@ def train_baseline(
     seed: int,
     run_dir: Path,
     name: str,
+    curve_every: int | None = None,
+    val_episodes: int = 5,
 ) -> tuple[CompactPolicy, PPORun]:
     """The honest baseline: the student's architecture as PPO's actor, trained from scratch
     with the teacher's tuned hyperparameters (a full-size critic, which is not deployed) for
-    the environment steps distillation used, with its own observation statistics."""
-    run = train_ppo(env_id, hp, env_steps, seed, run_dir / "sb3", actor=hidden, desc=name)
+    the environment steps distillation used, with its own observation statistics. With
+    ``curve_every``, its learning curve goes to ``run_dir/metrics.jsonl``
+    (:class:`BaselineCurve`)."""
+    curve = []
+    if curve_every:
+        path = run_dir / "metrics.jsonl"
+        curve = [BaselineCurve(path, curve_every, env_id, spec, hidden, val_episodes)]
+    run = train_ppo(
+        env_id, hp, env_steps, seed, run_dir / "sb3", actor=hidden, desc=name, callbacks=curve
+    )
     return actor_to_compact(run.model.policy, hidden, spec, run.normalization), run
 
 

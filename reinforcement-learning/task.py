@@ -175,9 +175,10 @@ class PolicyDistillTask:
         )
 
     def _baseline(self, seed: int, run_dir: Path) -> tuple:
+        # Its learning curve on the points where distillation evaluates (after each round).
         student, ppo = train_baseline(
             self.args.env_id, self.ppo_hp, self.env_steps, self.hidden, self.spec, seed, run_dir,
-            f"none seed {seed}",
+            f"none seed {seed}", self.env_steps // self.rounds, self.args.val_episodes,
         )  # fmt: skip
         loss = {"weights": {"ppo": 1.0}, "options": {"ppo": asdict(self.ppo_hp)}}
         return student, ppo.budget(), {"train_time_s": ppo.seconds}, loss, ppo.normalization, None

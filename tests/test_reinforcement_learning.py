@@ -387,6 +387,24 @@ def test_mujoco_teacher_keeps_the_zoo_policy_settings_through_the_safe_loader(tm
     np.testing.assert_allclose(ours, sb3, rtol=1e-5, atol=1e-6)
 
 
+def test_baseline_learning_curve_does_not_change_the_baseline(tmp_path):
+    """The PPO baseline logs val returns at the points distillation evaluates; evaluating the
+    actor mid-run leaves the global RNGs, and so the trained policy, as they were."""
+    from reinforcement_learning.pipeline import train_baseline
+
+    spec, hp = env_space_spec("CartPole-v1"), env_settings("CartPole-v1").ppo
+    args = ("CartPole-v1", hp, 1024, (8,), spec, 0)
+    plain, _ = train_baseline(*args, tmp_path / "plain", "plain")
+    watched, _ = train_baseline(*args, tmp_path / "curve", "curve", curve_every=256, val_episodes=1)
+    for a, b in zip(plain.state_dict().values(), watched.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    events = [json.loads(line) for line in (tmp_path / "curve" / "metrics.jsonl").open()]
+    steps = [e["env_steps"] for e in events]
+    assert steps == sorted(steps) and steps[0] >= 256 and steps[-1] >= 1024 and len(steps) >= 4
+    assert all(e["event"] == "epoch" and e["val/return"] > 0 for e in events)
+    assert not (tmp_path / "plain" / "metrics.jsonl").exists()
+
+
 def test_teacher_return_kept_is_relative_to_random():
     assert teacher_return_kept(500, 500, 20) == 1.0
     assert teacher_return_kept(-200, -150, -1250) == pytest.approx(1050 / 1100)

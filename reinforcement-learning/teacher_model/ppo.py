@@ -30,7 +30,7 @@ import shutil
 import time
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,8 +267,10 @@ def train_ppo(
     checkpoint_dir: Path | None = None,
     checkpoint_every: int = 100_000,
     settings: dict[str, Any] | None = None,
+    callbacks: Sequence[BaseCallback] = (),
 ) -> PPORun:
-    """Train PPO for ``total_timesteps`` (rounded up to whole rollouts by SB3).
+    """Train PPO for ``total_timesteps`` (rounded up to whole rollouts by SB3); ``callbacks``
+    run after the progress bar and checkpoint ones.
 
     With ``checkpoint_dir``, the model and the VecNormalize state are saved there every
     ``checkpoint_every`` environment steps, and a run that finds a checkpoint written with the
@@ -287,15 +289,15 @@ def train_ppo(
         model = build_ppo(venv, hp, seed, log_dir, actor=actor, device=device)
     rollout = hp.n_envs * hp.n_steps  # SB3 stops after the rollout that passes the total
     total = rollout * math.ceil(total_timesteps / rollout)
-    callbacks: list[BaseCallback] = []
+    ours: list[BaseCallback] = []
     if progress:
-        callbacks.append(TqdmCallback(total, desc, initial=model.num_timesteps))
+        ours.append(TqdmCallback(total, desc, initial=model.num_timesteps))
     if checkpoint_dir is not None:
-        callbacks.append(RolloutCheckpoint(checkpoint_dir, checkpoint_every, settings or {}))
+        ours.append(RolloutCheckpoint(checkpoint_dir, checkpoint_every, settings or {}))
     # Not resetting the count: SB3 then trains up to the same total and keeps the schedules.
     model.learn(
         total_timesteps=total_timesteps - model.num_timesteps,
-        callback=callbacks,
+        callback=[*ours, *callbacks],
         reset_num_timesteps=found is None,
     )
     venv.training = False  # freeze the statistics from here on
