@@ -178,6 +178,14 @@ def render_markdown(
     )
     if "overview" in figures:
         out += ["", f"![fraction of teacher kept vs size]({figures['overview']})"]
+    for key, name in figures.items():
+        if key.startswith("sweep: "):
+            out += [
+                "",
+                f"### Student sizes: {key.removeprefix('sweep: ')}",
+                "",
+                f"![{key}]({name})",
+            ]
     for s in summaries:
         out += ["", f"## {s.title}", ""]
         out.append(
@@ -393,6 +401,65 @@ def plot_overview(summaries: Sequence[DomainSummary], path: Path) -> bool:
     return True
 
 
+def size_sweeps(summaries: Sequence[DomainSummary]) -> dict[str, list[DomainSummary]]:
+    """Groups that differ only in the student (same domain, dataset and teacher), keyed by a
+    title, where there are at least two student sizes to compare."""
+    by_teacher: dict[tuple[str, str, str], list[DomainSummary]] = {}
+    for s in summaries:
+        by_teacher.setdefault((s.domain, s.dataset, s.teacher_name), []).append(s)
+    return {
+        f"{d} · {ds} · {t}": groups
+        for (d, ds, t), groups in by_teacher.items()
+        if len({r.student_params for g in groups for r in g.rows.values()}) > 1
+    }
+
+
+def plot_size_sweep(title: str, groups: Sequence[DomainSummary], path: Path) -> bool:
+    """Fraction of the teacher kept against the student's parameters, one line per method
+    across the student sizes of a sweep (error bars: seed std); False when nothing is kept."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines: dict[str, list[tuple[int, float, float]]] = {}
+    for g in groups:
+        span = (g.teacher_score or 0.0) - (g.teacher_floor or 0.0)
+        for row in g.rows.values():
+            kept = g.kept(row)
+            if kept is not None:
+                err = row.std / abs(span) if span else 0.0
+                lines.setdefault(row.method, []).append((row.student_params, kept, err))
+    if not lines:
+        return False
+    fig, ax = plt.subplots(figsize=(7.2, 4.0))
+    for method, points in sorted(lines.items()):
+        points.sort()
+        ax.errorbar(
+            [p for p, _, _ in points],
+            [k for _, k, _ in points],
+            yerr=[e for _, _, e in points],
+            marker="o",
+            capsize=3,
+            ls="--" if method == "none" else "-",
+            label="student alone" if method == "none" else method,
+        )
+    ax.axhline(1.0, color="0.5", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("student parameters")
+    ax.set_ylabel("fraction of the teacher's score kept")
+    ax.set_title(f"{title}: student size sweep")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _file_name(*parts: str) -> str:
+    return "-".join(parts).replace("/", "_").replace(" · ", "-").replace(" ", "_")
+
+
 def write_report(paths: Sequence[Path], out_dir: Path) -> tuple[Path, str]:
     """Read results under ``paths``; write ``out_dir/REPORT.md`` and PNGs; return the report
     path and the terminal table."""
@@ -402,8 +469,12 @@ def write_report(paths: Sequence[Path], out_dir: Path) -> tuple[Path, str]:
     figures: dict[str, str] = {}
     if plot_overview(summaries, out_dir / "overview.png"):
         figures["overview"] = "overview.png"
+    for title, groups in size_sweeps(summaries).items():
+        name = _file_name(title, "sizes.png")
+        if plot_size_sweep(title, groups, out_dir / name):
+            figures[f"sweep: {title}"] = name
     for s in summaries:
-        name = f"{s.domain}-{s.dataset}-{s.teacher_name}".replace("/", "_") + ".png"
+        name = _file_name(s.domain, s.dataset, s.teacher_name, s.student_name) + ".png"
         plot_domain(s, out_dir / name)
         figures[s.title] = name
         curves = name.removesuffix(".png") + "-curves.png"

@@ -127,10 +127,12 @@ class GroupSummary:
     rows: dict[str, MethodRow]
     speed: dict[str, Any]
     teacher_sampling: dict[str, Any] | None = None
+    student_name: str = "?"
+    """The students compared in this group (a size sweep makes one group per size)."""
 
     @property
     def title(self) -> str:
-        return f"{self.domain} · {self.dataset}"
+        return f"{self.domain} · {self.dataset} · {self.student_name}"
 
     def baseline(self) -> MethodRow | None:
         return self.rows.get("none")
@@ -257,9 +259,9 @@ def _numeric_means(results: Sequence[dict[str, Any]]) -> dict[str, float]:
 
 
 def summarize(results: Sequence[dict[str, Any]]) -> list[GroupSummary]:
-    """Group student runs by (domain, dataset, teacher) and summarise each group; teacher
-    runs (role "teacher") only lend their training time."""
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    """Group student runs by (domain, dataset, teacher, student) and summarise each group;
+    teacher runs (role "teacher") only lend their training time."""
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     teacher_runs: dict[tuple[str, str, str], float] = {}
     for r in results:
         if r["role"] == "teacher":
@@ -267,10 +269,11 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[GroupSummary]:
             teacher_runs[key] = float(r["wall_time_s"])
             continue
         teacher = r.get("teacher") or {}
-        groups.setdefault((r["domain"], r["dataset"], teacher.get("name", "?")), []).append(r)
+        key = (r["domain"], r["dataset"], teacher.get("name", "?"), r["student"].get("name", "?"))
+        groups.setdefault(key, []).append(r)
 
     summaries = []
-    for (domain, dataset, t_name), runs in sorted(groups.items()):
+    for (domain, dataset, t_name, s_name), runs in sorted(groups.items()):
         first = runs[0]
         metric = first["metrics"]["primary"]
         by_method: dict[str, list[dict[str, Any]]] = {}
@@ -313,6 +316,7 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[GroupSummary]:
                 rows=rows,
                 speed=speed,
                 teacher_sampling=teacher.get("sampling"),
+                student_name=s_name,
             )
         )
     return summaries

@@ -19,9 +19,11 @@ STUDENT_SPEED = {"latency_b1_ms": 1.0, "throughput": 800.0, "batch": 256, "unit"
 
 
 def write_run(
-    root, domain, method, seed, score, metric="test/accuracy", teacher=TEACHER, extra=None
-):
-    run = root / domain / method / f"seed-{seed}"
+    root, domain, method, seed, score, metric="test/accuracy", teacher=TEACHER, extra=None,
+    student=None,
+):  # fmt: skip
+    student = student or {"name": "small", "params": 50}
+    run = root / domain / student["name"] / method / f"seed-{seed}"
     write_results(
         run,
         RunResult(
@@ -31,7 +33,7 @@ def write_run(
             method=method,
             seed=seed,
             teacher=teacher,
-            student={"name": "small", "params": 50, "speed": STUDENT_SPEED},
+            student={**student, "speed": STUDENT_SPEED},
             metrics=make_metrics({metric: score}, metric),
             budget={"epochs": 2, "steps": 10},
             wall_time_s=3.0,
@@ -164,14 +166,37 @@ def test_learning_curves_are_read_beside_each_result_and_plotted(tmp_path):
     with open(rl / "metrics.jsonl", "a", encoding="utf-8") as f:
         f.write('{"event": "epoch", "epo')
     assert read_curve(rl / "results.json", "test/return_mean") == ("env_steps", {2000.0: 100.0})
-    x, curve = read_curve(root / "image-classification/kd/seed-1/results.json", "test/accuracy")
+    x, curve = read_curve(root / "image-classification/small/kd/seed-1/results.json", "test/accuracy")
     assert x == "step" and curve == pytest.approx({10.0: 0.7, 20.0: 0.8})
     assert read_curve(tmp_path / "nowhere" / "results.json", "test/accuracy") == ("step", {})
 
     report, _ = write_report([root], tmp_path / "report")
     text = report.read_text()
     for name in (
-        "image-classification-toy-big-curves.png",
-        "reinforcement-learning-toy-big-curves.png",
+        "image-classification-toy-big-small-curves.png",
+        "reinforcement-learning-toy-big-small-curves.png",
     ):
         assert f"({name})" in text and (tmp_path / "report" / name).stat().st_size > 1000
+
+
+def test_a_student_size_sweep_is_one_group_per_size_and_one_figure(tmp_path):
+    from common.report import size_sweeps
+
+    root = tmp_path / "runs"
+    rl_teacher = {**TEACHER, "score": 500.0, "floor": 0.0}
+    for width, kept in ((4, 0.5), (16, 0.9), (64, 1.0)):
+        student = {"name": f"mlp-{width}", "params": 10 * width}
+        for seed, jitter in enumerate((-10.0, 10.0)):
+            score = 500.0 * kept + jitter
+            write_run(root, "reinforcement-learning", "dagger", seed, score, "test/return_mean",
+                      rl_teacher, student=student)  # fmt: skip
+            write_run(root, "reinforcement-learning", "none", seed, 100.0, "test/return_mean",
+                      rl_teacher, student=student)  # fmt: skip
+    summaries = summarize(load_all([root])[0])
+    assert [s.student_name for s in summaries] == ["mlp-16", "mlp-4", "mlp-64"]
+    assert [s.kept(s.rows["dagger"]) for s in summaries] == pytest.approx([0.9, 0.5, 1.0])
+    assert list(size_sweeps(summaries)) == ["reinforcement-learning · toy · big"]
+    report, _ = write_report([root], tmp_path / "report")
+    name = "reinforcement-learning-toy-big-sizes.png"
+    assert f"]({name})" in report.read_text()
+    assert (tmp_path / "report" / name).stat().st_size > 1000
