@@ -33,6 +33,7 @@ from reinforcement_learning.data.replay import (
     StateBuffer,
     beta_schedule,
 )
+from reinforcement_learning.data.rounds import ROUNDS_DIR, RoundCheckpoints, global_rng_kept
 from reinforcement_learning.envs import VAL_SEED, Act, EpisodeStats, SpaceSpec, run_episodes
 from reinforcement_learning.normalization import ObsNormalization
 from reinforcement_learning.student_model.policy import CompactPolicy, select_actions
@@ -130,6 +131,15 @@ class DistillSpec:
     eval_every: int = 1
     mixed_precision: str = "no"
     grad_accum: int = 1
+    vec_env: str = "dummy"
+    """How the collector runs its environments: dummy (this process) or subproc (one each)."""
+    settings: dict[str, Any] | None = None
+    """The settings record a checkpoint must match (the runner's); None: no checkpoints, so a
+    killed run starts over."""
+    resume: bool = True
+    """Resume from the run's last checkpoint (off: delete its checkpoints, start afresh)."""
+    checkpoint_every: int | None = 200
+    """Optimizer steps between checkpoints (also one after every round); None: per round."""
 
 
 @dataclass
@@ -154,12 +164,39 @@ def run_distillation(
 ) -> DistillRun:
     """Rounds of: collect ``steps_per_round`` states (β-mix of teacher and student actions)
     into the replay buffer, then ``train_steps_per_round`` loop steps on batches from it, the
-    teacher labelling each batch in the loop's forward pass."""
+    teacher labelling each batch in the loop's forward pass.
+
+    With ``run.settings``, checkpoints go to ``run_dir/checkpoints`` (every
+    ``checkpoint_every`` steps and after every round), with each round's collection weights
+    (:mod:`~reinforcement_learning.data.rounds`): a killed run resumes and ends with the
+    same student and history as an uninterrupted one."""
     start = time.perf_counter()
-    buffer = StateBuffer(run.buffer_size, spec.obs_dim)
     collector = Collector(
-        env_id, spec, teacher, student, run.n_envs, run.seed, sample_actions=run.sample_actions
+        env_id, spec, teacher, student, run.n_envs, run.seed, run.sample_actions, run.vec_env
     )
+    try:
+        loop, batches = _distillation_loop(student, teacher, env_id, spec, loss, run, collector)
+        state = loop.run()
+    finally:
+        collector.close()  # with subproc: its worker processes too
+    trained = loop.student.eval()
+    assert isinstance(trained, CompactPolicy)
+    return DistillRun(
+        trained, state, batches.history, collector.env_steps, time.perf_counter() - start
+    )
+
+
+def _distillation_loop(
+    student: CompactPolicy,
+    teacher: nn.Module,
+    env_id: str,
+    spec: SpaceSpec,
+    loss: CombinedLoss,
+    run: DistillSpec,
+    collector: Collector,
+) -> tuple[DistillationLoop, RoundBatches]:
+    """The shared loop of :func:`run_distillation` on batches of ``collector``'s rounds."""
+    buffer = StateBuffer(run.buffer_size, spec.obs_dim)
     batches = RoundBatches(
         collector,
         buffer,
@@ -174,9 +211,14 @@ def run_distillation(
     def evaluate(model: nn.Module) -> dict[str, float]:
         # Validation episodes (not the test seeds) for the learning curve in metrics.jsonl.
         metrics, _ = evaluate_returns(model, env_id, spec, run.val_episodes, VAL_SEED, "val")
-        return {"val/return": metrics["val/return_mean"], **batches.last()}
+        # env_steps: the x axis of the report's learning curve (all of them teacher-labelled).
+        return {
+            "val/return": metrics["val/return_mean"],
+            "env_steps": batches.collector.env_steps,
+            **batches.last(),
+        }
 
-    # Common's recipe for the bookkeeping (one round is an epoch; no checkpoints yet).
+    # Common's recipe for the bookkeeping (one round is an epoch).
     recipe = Recipe(
         name=run.name,
         run_dir=run.run_dir,
@@ -185,9 +227,16 @@ def run_distillation(
         weight_decay=0.0,
         monitor="val/return",
         eval_every_epochs=run.eval_every,
-        checkpoints=False,
+        checkpoint_every=run.checkpoint_every,
+        checkpoints=run.settings is not None,
+        resume=run.resume,
         tensorboard=False,
     )
+    callbacks = standard_callbacks(recipe, evaluate, run.settings)
+    if recipe.checkpoints:  # after the loop's checkpoint callback: it reads the restored state
+        rounds = RoundCheckpoints(run.run_dir / "checkpoints" / ROUNDS_DIR, batches)
+        batches.on_collect = rounds.record
+        callbacks.append(rounds)
     loop = DistillationLoop(
         student=student,
         teacher=teacher,
@@ -199,17 +248,9 @@ def run_distillation(
             mixed_precision=run.mixed_precision, gradient_accumulation_steps=run.grad_accum
         ),
         config=LoopConfig(epochs=run.rounds),
-        callbacks=standard_callbacks(recipe, evaluate, None),
+        callbacks=callbacks,
     )
-    try:
-        state = loop.run()
-    finally:
-        collector.close()
-    trained = loop.student.eval()
-    assert isinstance(trained, CompactPolicy)
-    return DistillRun(
-        trained, state, batches.history, collector.env_steps, time.perf_counter() - start
-    )
+    return loop, batches
 
 
 def actor_to_compact(
@@ -263,15 +304,13 @@ class BaselineCurve(BaseCallback):
 
     def record(self) -> None:
         venv = self.model.get_env()
-        np_state = np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
+        with global_rng_kept():
             student = actor_to_compact(
                 self.model.policy, self.hidden, self.spec, ObsNormalization.from_vecnormalize(venv)
             )
             metrics, _ = evaluate_returns(
                 student, self.env_id, self.spec, self.episodes, VAL_SEED, "val"
             )
-        np.random.set_state(np_state)
         self.points += 1
         event = {
             "event": "epoch",

@@ -48,6 +48,11 @@ COLLECT = ("teacher", "dagger")
 """How a distillation method collects states: teacher rollouts, or the DAgger β-mix."""
 
 
+def student_name(hidden: tuple[int, ...]) -> str:
+    """``mlp-32`` or ``mlp-64x64``; ``linear`` without hidden layers."""
+    return "mlp-" + "x".join(map(str, hidden)) if hidden else "linear"
+
+
 class PolicyDistillTask:
     """A PPO teacher distilled into a compact policy (see
     :class:`common.experiment.DistillTask`)."""
@@ -71,7 +76,10 @@ class PolicyDistillTask:
         self.ppo_hp = table.ppo
         if recorded and teacher.env_id == args.env_id:
             self.ppo_hp = PPOHyperparams(**{**recorded, "net_arch": tuple(recorded["net_arch"])})
-        self.hidden = tuple(args.student_hidden or table.student_hidden)
+        hidden = table.student_hidden if args.student_hidden is None else args.student_hidden
+        if any(h < 1 for h in hidden):
+            raise ConfigError(f"--student-hidden {hidden}: every width must be >= 1, e.g. 16")
+        self.hidden = tuple(hidden)
         self.rounds = args.rounds or table.rounds
         self.steps_per_round = args.steps_per_round or table.steps_per_round
         for flag, value in (("--rounds", self.rounds), ("--steps-per-round", self.steps_per_round)):
@@ -113,7 +121,8 @@ class PolicyDistillTask:
         )
         self.settings = {
             "teacher_sha256": digest,
-            **args_dict(args, (*NOT_SETTINGS, "run_root", "cache")),
+            # --vec-env is left out: both kinds collect the same states (tests check it).
+            **args_dict(args, (*NOT_SETTINGS, "run_root", "cache", "vec_env")),
             "rounds": self.rounds,
             "steps_per_round": self.steps_per_round,
         }
@@ -143,7 +152,7 @@ class PolicyDistillTask:
             student, budget, details, loss, normalization, best = self._baseline(seed, run_dir)
         else:
             normalization = self.t.normalization
-            student, budget, details, best = self._distill(method, seed, run_dir)
+            student, budget, details, best = self._distill(method, seed, run_dir, settings)
             loss = None
         final, episodes = evaluate_returns(
             student, args.env_id, self.spec, args.eval_episodes, TEST_SEED, "test", self.t.policy
@@ -155,7 +164,7 @@ class PolicyDistillTask:
         return RunOutcome(
             student=describe_policy(
                 student,
-                "mlp-" + "x".join(map(str, self.hidden)),
+                student_name(self.hidden),
                 self.spec.obs_dim,
                 checkpoint=str(model_dir),
                 hidden=list(self.hidden),
@@ -183,7 +192,7 @@ class PolicyDistillTask:
         loss = {"weights": {"ppo": 1.0}, "options": {"ppo": asdict(self.ppo_hp)}}
         return student, ppo.budget(), {"train_time_s": ppo.seconds}, loss, ppo.normalization, None
 
-    def _distill(self, method: Method, seed: int, run_dir: Path) -> tuple:
+    def _distill(self, method: Method, seed: int, run_dir: Path, settings: dict) -> tuple:
         args = self.args
         student = self._student(self.t.normalization)
         collect = method.extra.get("collect", "teacher")
@@ -210,6 +219,10 @@ class PolicyDistillTask:
                 val_episodes=args.val_episodes,
                 mixed_precision=args.mixed_precision,
                 grad_accum=args.grad_accum,
+                vec_env=args.vec_env,
+                settings=settings,
+                resume=args.resume,
+                checkpoint_every=args.checkpoint_every,
             ),
         )
         budget = {

@@ -69,6 +69,7 @@ CASES = [
     ("RL: unknown environment", RL_D, ["--env-id", "NoSuchEnv-v0"], r"NoSuchEnv-v0"),
     ("RL: beta above 1", RL_D, ["--beta-decay", "2"], r"--beta-decay 2\.0: must be between 0 and 1"),
     ("RL: zero envs", RL_D, ["--n-envs", "0"], r"--n-envs 0: must be >= 1"),
+    ("RL: unknown vec env", RL_D, ["--vec-env", "threads"], r"--vec-env: invalid choice: 'threads'"),
     ("RL: image teacher", RL_D, ["--teacher", "{image}"], r"is a image-classification model"),
     ("RL: a term reading labels", RL_D, [*RL_TINY, "--teacher", "{rl}", "--methods", "--loss", "ce=1", "--out-dir", "{tmp}/o"], r"'ce' reads batch output 'labels'.*they give: obs"),
     ("RL teacher: zero steps", RL_T, ["--timesteps", "0"], r"--timesteps 0: must be >= 1"),

@@ -16,10 +16,14 @@ import pytest
 import torch
 from conftest import RL_TINY
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
+from common.callbacks import CheckpointCallback
 from common.checkpoint import latest_checkpoint
 from common.errors import CheckpointError, ConfigError, DistilleryError, ShapeMismatchError
 from common.results import load_results
+from reinforcement_learning.data import replay
 from reinforcement_learning.data.replay import Collector, StateBuffer, beta_schedule
 from reinforcement_learning.envs import (
     TEST_SEED,
@@ -39,6 +43,7 @@ from reinforcement_learning.normalization import ObsNormalization
 from reinforcement_learning.pipeline import evaluate_returns, greedy
 from reinforcement_learning.scripts import distill, play, train_teacher
 from reinforcement_learning.student_model.policy import CompactPolicy
+from reinforcement_learning.task import PolicyDistillTask
 from reinforcement_learning.teacher_model import ppo
 from reinforcement_learning.teacher_model.hyperparams import env_settings
 from reinforcement_learning.teacher_model.ppo import TeacherError, load_teacher
@@ -339,6 +344,143 @@ def test_seeds_give_mean_and_std(teacher_dir, tmp_path):
     assert row["std"] == pytest.approx(abs(a - b) / 2**0.5)
     assert row["gain_over_none"] == pytest.approx(row["mean"] - base["mean"])
     assert {load_results(tmp_path / "distill" / f"seed-{k}")["seed"] for k in (0, 1)} == {0, 1}
+
+
+RESUMABLE = [*TINY, "--rounds", "3", "--checkpoint-every", "7"]
+"""Three rounds of 20 steps, checkpoints every 7 steps (some mid-round) and after each round."""
+
+
+def _distill_argv(teacher_dir: Path, out: Path, *methods: str) -> list[str]:
+    return [*RESUMABLE, "--teacher", str(teacher_dir), "--methods", *methods, "--out-dir", str(out)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(teacher_dir, tmp_path_factory) -> Path:
+    """distill and dagger runs of RESUMABLE that nothing interrupted."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    distill.main(_distill_argv(teacher_dir, out, "distill", "dagger"))
+    return out
+
+
+def _crash(monkeypatch, where: str) -> None:
+    """Make the next run die as a killed one would (KeyboardInterrupt): "mid-round" at step 52,
+    its last checkpoint at step 49 (9 batches into round 2); "round-start" as round 2 starts
+    collecting, its last checkpoint the end of round 1; "after-training" once the student is
+    trained and tested, before anything is saved."""
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    if where == "mid-round":
+        step_end = CheckpointCallback.on_step_end
+
+        def killed(self, loop, logs):
+            step_end(self, loop, logs)
+            if loop.state.step == 52:
+                interrupt()
+
+        monkeypatch.setattr(CheckpointCallback, "on_step_end", killed)
+    elif where == "round-start":
+        collect = Collector.collect
+
+        def killed(self, steps, beta, buffer, round_index):
+            if round_index == 2:
+                interrupt()
+            return collect(self, steps, beta, buffer, round_index)
+
+        monkeypatch.setattr(Collector, "collect", killed)
+    else:
+        monkeypatch.setattr(PolicyDistillTask, "_save", interrupt)
+
+
+def _assert_same_run(run: Path, reference: Path) -> dict:
+    """The same student, bit for bit, and the same results (all but wall times); returns them."""
+    model = "model/model.safetensors"
+    assert (run / model).read_bytes() == (reference / model).read_bytes()
+    got, want = load_results(run), load_results(reference)
+    as_json = lambda x: json.dumps(x, sort_keys=True)  # noqa: E731 (NaN equals NaN)
+    for key in ("metrics", "budget", "loss"):
+        assert as_json(got[key]) == as_json(want[key]), key
+    for key in ("rounds", "test_returns", "settings"):
+        assert as_json(got["extra"][key]) == as_json(want["extra"][key]), key
+    return want
+
+
+@pytest.mark.parametrize(
+    "method, where",
+    [
+        ("dagger", "mid-round"),
+        ("dagger", "round-start"),
+        ("dagger", "after-training"),
+        ("distill", "mid-round"),
+    ],
+)
+def test_a_killed_distillation_resumes_to_the_same_student(
+    teacher_dir, uninterrupted, tmp_path, monkeypatch, capsys, method, where
+):
+    argv = _distill_argv(teacher_dir, tmp_path, method)
+    run = tmp_path / method / "seed-0"
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        _crash(m, where)
+        distill.main(argv)
+    assert latest_checkpoint(run / "checkpoints") and not (run / "results.json").exists()
+    # The weights of every round collected so far (round 2 not yet when killed as it starts).
+    rounds = {"mid-round": 3, "round-start": 2, "after-training": 3}[where]
+    assert len(list((run / "checkpoints" / "rounds").iterdir())) == rounds
+    # Other settings in the same folder: refused, naming what differs.
+    with pytest.raises(CheckpointError, match=r"other settings \(lr: 0\.003 -> 0\.001\)"):
+        distill.main([*argv, "--lr", "0.001"])
+    capsys.readouterr()
+    distill.main(argv)  # the same command again
+    out = capsys.readouterr().out
+    assert "resumed from" in out and f"collected the {rounds} round(s)" in out
+    want = _assert_same_run(run, uninterrupted / method / "seed-0")
+    score = want["metrics"]["final"]["test/return_mean"]
+    assert f"{method} seed 0: test/return_mean {score:.4g}" in out
+
+
+def test_a_resume_whose_rounds_do_not_replay_is_refused(
+    teacher_dir, uninterrupted, tmp_path, monkeypatch
+):
+    argv = _distill_argv(teacher_dir, tmp_path, "dagger")
+    run = tmp_path / "dagger" / "seed-0"
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        _crash(m, "round-start")
+        distill.main(argv)
+    rounds = run / "checkpoints" / "rounds"
+    record, first = rounds / "round-0001.safetensors", rounds / "round-0000.safetensors"
+    kept = record.read_bytes()
+    # Round 1 (β = 0.5) replayed with other student weights acts otherwise: other states.
+    with safe_open(str(record), "pt") as f:
+        meta = f.metadata()
+    flipped = {k: -v if k.startswith("head.") else v for k, v in load_file(record).items()}
+    save_file(flipped, str(record), metadata=meta)
+    with pytest.raises(CheckpointError, match=r"round 1 again did not reproduce.*--no-resume"):
+        distill.main(argv)
+    record.write_bytes(kept)
+    first.unlink()
+    with pytest.raises(CheckpointError, match=r"round-0000\.safetensors is missing.*--no-resume"):
+        distill.main(argv)
+    distill.main([*argv, "--no-resume"])  # starts afresh: the uninterrupted run's student
+    _assert_same_run(run, uninterrupted / "dagger" / "seed-0")
+
+
+def test_subprocess_environments_collect_the_same_states(teacher_dir, tmp_path, monkeypatch):
+    made, make = [], replay.make_collection_env
+
+    def spy(*args):
+        venv = make(*args)
+        made.append(type(venv).__name__)
+        return venv
+
+    monkeypatch.setattr(replay, "make_collection_env", spy)
+    argv = [*TINY, "--n-envs", "2", "--teacher", str(teacher_dir), "--methods", "dagger"]
+    distill.main([*argv, "--out-dir", str(tmp_path / "dummy")])
+    distill.main([*argv, "--vec-env", "subproc", "--out-dir", str(tmp_path / "subproc")])
+    assert made == ["DummyVecEnv", "SubprocVecEnv"]  # two worker processes in the second
+    subproc, dummy = (tmp_path / kind / "dagger" / "seed-0" for kind in ("subproc", "dummy"))
+    res = _assert_same_run(subproc, dummy)
+    assert res["budget"]["env_steps"] == 512 and "vec_env" not in res["extra"]["settings"]
 
 
 def test_gaussian_teacher_and_student_on_pendulum(tmp_path):

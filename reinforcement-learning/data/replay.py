@@ -9,6 +9,8 @@ student is labelled exactly like one visited by the teacher.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -16,6 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv
 from torch import Tensor, nn
 
 from common.errors import ConfigError
@@ -57,6 +60,37 @@ class StateBuffer:
         return torch.from_numpy(self.states[idx.numpy()])
 
 
+VEC_ENVS = ("dummy", "subproc")
+"""How the collector runs its environments: all in this process (SB3's ``DummyVecEnv``), or one
+process each (``SubprocVecEnv``). Both give the same states for the same seeds."""
+START_METHOD = "forkserver"
+"""How ``subproc`` starts its workers: not ``fork``, which copies a process whose torch threads
+may hold locks; a fresh server process that forks the workers is safe and starts fast."""
+
+
+def check_vec_env(vec_env: str) -> None:
+    """Refuse an unknown ``--vec-env`` before any work starts."""
+    if vec_env not in VEC_ENVS:
+        raise ConfigError(
+            f"--vec-env {vec_env!r}: use dummy (environments in this process) or subproc "
+            "(one process per environment)"
+        )
+
+
+def make_collection_env(env_id: str, n_envs: int, seed: int, vec_env: str = "dummy") -> VecEnv:
+    """``n_envs`` seeded environments (env i reset with ``seed + i``), run as ``vec_env`` says."""
+    check_vec_env(vec_env)
+    if vec_env == "subproc":
+        return make_vec_env(
+            env_id,
+            n_envs=n_envs,
+            seed=seed,
+            vec_env_cls=SubprocVecEnv,
+            vec_env_kwargs={"start_method": START_METHOD},
+        )
+    return make_vec_env(env_id, n_envs=n_envs, seed=seed)
+
+
 @dataclass
 class RoundStats:
     """What one collection round did."""
@@ -76,7 +110,8 @@ class Collector:
     """Steps ``n_envs`` environments with a per-step β-mix of teacher and student actions.
 
     Environments persist between rounds (an episode may span two), so a long episode is
-    never cut short to fit a round.
+    never cut short to fit a round. ``vec_env`` (:data:`VEC_ENVS`) runs them in this process or
+    one process each.
     """
 
     def __init__(
@@ -88,10 +123,11 @@ class Collector:
         n_envs: int,
         seed: int,
         sample_actions: bool = True,
+        vec_env: str = "dummy",
     ) -> None:
         self.spec, self.teacher, self.student = spec, teacher, student
         self.sample_actions = sample_actions
-        self.venv = make_vec_env(env_id, n_envs=n_envs, seed=seed)
+        self.venv = make_collection_env(env_id, n_envs, seed, vec_env)
         self.obs = self.venv.reset()
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator().manual_seed(seed)
@@ -163,6 +199,12 @@ class RoundBatches:
 
     ``set_epoch`` (called by the loop before each epoch) picks the round, and so β and the
     sampling seed; ``len`` tells the loop (and its progress bar) the batches per round.
+    ``on_collect(round)``, if given, runs right after each round's collection, before its
+    first batch (a checkpoint keeps what the round collected with).
+
+    A round already in ``history`` is not collected again: a resumed run replays the rounds
+    its checkpoint had collected (:meth:`collect` for each), so the loop then picks up with
+    the same buffer, environments and random generators as the run it continues.
     """
 
     def __init__(
@@ -174,10 +216,11 @@ class RoundBatches:
         batches: int,
         batch_size: int,
         seed: int,
+        on_collect: Callable[[int], None] | None = None,
     ) -> None:
         self.collector, self.buffer, self.schedule = collector, buffer, schedule
         self.steps_per_round, self.batches, self.batch_size = steps_per_round, batches, batch_size
-        self.seed = seed
+        self.seed, self.on_collect = seed, on_collect
         self.round = 0
         self.history: list[RoundStats] = []
 
@@ -187,11 +230,34 @@ class RoundBatches:
     def __len__(self) -> int:
         return self.batches
 
-    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+    def collect(self) -> RoundStats:
+        """Collect round ``self.round`` into the buffer (the next round not yet collected)."""
+        if self.round != len(self.history):
+            raise RuntimeError(
+                f"round {self.round} collected out of order ({len(self.history)} rounds done)"
+            )
         stats = self.collector.collect(
             self.steps_per_round, self.schedule(self.round), self.buffer, self.round
         )
         self.history.append(stats)
+        return stats
+
+    def fingerprint(self) -> str:
+        """sha256 of everything the next rounds depend on besides the student: the buffer, the
+        environments' current observations and the collector's random generators."""
+        c, b = self.collector, self.buffer
+        h = hashlib.sha256(b.states.tobytes())
+        h.update(json.dumps([b.size, b._next, b.added, c.env_steps]).encode())
+        h.update(np.ascontiguousarray(c.obs, dtype=np.float32).tobytes())
+        h.update(json.dumps(c.rng.bit_generator.state, sort_keys=True).encode())
+        h.update(c.generator.get_state().numpy().tobytes())
+        return h.hexdigest()
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        if self.round >= len(self.history):  # else replayed on resume: collected already
+            self.collect()
+            if self.on_collect is not None:
+                self.on_collect(self.round)
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.round)
         for _ in range(self.batches):
             yield {"obs": self.buffer.sample(self.batch_size, generator)}

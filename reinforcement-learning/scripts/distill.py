@@ -16,14 +16,16 @@ batches drawn from a replay buffer of states, through the shared loop. Every met
 same student architecture, seeds and evaluation episodes.
 
 Each run writes ``<out-dir>/<method>/seed-<k>/`` (model/, metrics.jsonl, results.json); the
-comparison goes to ``<out-dir>/summary.json`` and is printed.
+comparison goes to ``<out-dir>/summary.json`` and is printed. A distill or dagger run also keeps
+``checkpoints/`` (with ``rounds/``, the student weights each round collected with): killed, it
+resumes with the same command and ends with the student an uninterrupted run would have.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from common.cli import parse_args, run_main
 from common.experiment import (
@@ -34,6 +36,7 @@ from common.experiment import (
     resolve_methods,
     run_experiment,
 )
+from reinforcement_learning.data.replay import check_vec_env
 from reinforcement_learning.envs import check_env_id, env_space_spec
 from reinforcement_learning.task import PolicyDistillTask
 
@@ -73,7 +76,8 @@ class Args(DistillArgs):
     methods: tuple[str, ...] = ("none", "distill", "dagger")
     """Methods to compare: none (PPO from scratch, same env steps), distill, dagger."""
     student_hidden: tuple[int, ...] | None = None
-    """Student hidden layer sizes; unset: the environment's table value (16 or 32 units)."""
+    """Student hidden layer sizes; unset: the environment's table value (16 to 64 units);
+    the flag with no sizes: a linear policy."""
     rounds: int | None = None
     """Collect-then-train rounds; unset: the table's value."""
     steps_per_round: int | None = None
@@ -90,6 +94,10 @@ class Args(DistillArgs):
     """dagger: probability of the teacher acting is beta_decay ** round (round 0: teacher only)."""
     n_envs: int = 8
     """Parallel environments for collecting states."""
+    vec_env: Literal["dummy", "subproc"] = "dummy"
+    """How distill and dagger step their n-envs environments: dummy (one after another in this
+    process) or subproc (one process each, SB3's SubprocVecEnv: for slow environments). The
+    same states either way, so not part of a run's settings; the none baseline ignores it."""
     sample_actions: bool = True
     """Collect with sampled (not greedy) actions, for more varied states."""
     eval_episodes: int = 20
@@ -121,6 +129,7 @@ PRESETS = {"quick": QUICK, "full": FULL}
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(Args, argv, PRESETS)
     check_runtime(args)
+    check_vec_env(args.vec_env)
     if args.out_dir is None:
         args = replace(args, out_dir=args.run_root / args.env_id / "distill")
     check_env_id(args.env_id)

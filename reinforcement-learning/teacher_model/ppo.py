@@ -181,7 +181,7 @@ def net_arch_kwargs(hp: PPOHyperparams, actor: tuple[int, ...] | None = None) ->
     if hp.activation not in ACTIVATIONS:
         raise ConfigError(f"activation {hp.activation!r} is not one of {', '.join(ACTIVATIONS)}")
     return {
-        "net_arch": {"pi": list(actor or hp.net_arch), "vf": list(hp.net_arch)},
+        "net_arch": {"pi": list(hp.net_arch if actor is None else actor), "vf": list(hp.net_arch)},
         "activation_fn": ACTIVATIONS[hp.activation],
         "ortho_init": hp.ortho_init,
         "log_std_init": hp.log_std_init,
