@@ -166,7 +166,9 @@ def test_learning_curves_are_read_beside_each_result_and_plotted(tmp_path):
     with open(rl / "metrics.jsonl", "a", encoding="utf-8") as f:
         f.write('{"event": "epoch", "epo')
     assert read_curve(rl / "results.json", "test/return_mean") == ("env_steps", {2000.0: 100.0})
-    x, curve = read_curve(root / "image-classification/small/kd/seed-1/results.json", "test/accuracy")
+    x, curve = read_curve(
+        root / "image-classification/small/kd/seed-1/results.json", "test/accuracy"
+    )
     assert x == "step" and curve == pytest.approx({10.0: 0.7, 20.0: 0.8})
     assert read_curve(tmp_path / "nowhere" / "results.json", "test/accuracy") == ("step", {})
 
