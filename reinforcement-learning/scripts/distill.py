@@ -111,9 +111,9 @@ class Args(DistillArgs):
     """Where runs (<method>/seed-<k>/) and summary.json go; unset: under --run-root."""
 
 
-# Quick: CartPole-v1, 5 rounds of 1000 env steps per method, 3 seeds (docs/measured.md).
+# Quick: CartPole-v1, 3 rounds of 1000 env steps per method, 3 seeds (docs/measured.md).
 QUICK = Args(
-    rounds=5, steps_per_round=1000, seeds=3, run_root=Path("runs/quick/reinforcement-learning")
+    rounds=3, steps_per_round=1000, seeds=3, run_root=Path("runs/quick/reinforcement-learning")
 )
 # Full: LunarLander-v3, 20 rounds of 10k steps; --env-id for the other tasks.
 FULL = Args(
