@@ -38,7 +38,7 @@ SMALL = {
     "nlp": (
         ["--max-train", "256", "--max-test", "64", "--max-length", "32", "--batch-size", "16"],
         ["--epochs", "1", "--lr", "2e-4"],
-        ["--methods", "kd", "--max-transfer", "64", "--epochs", "3", "--checkpoint-every", "4"],
+        ["--methods", "kd", "--max-transfer", "64", "--epochs", "10", "--checkpoint-every", "4"],
     ),
 }
 """Per domain: data options for both scripts, then the teacher's and the distillation's own
@@ -147,13 +147,16 @@ def main(argv: list[str] | None = None) -> int:
     a, b = _weights(root / "reference" / "kd" / "seed-0"), _weights(killed / "kd" / "seed-0")
     same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     if landed < args.kills:
-        print(f"only {landed} kills landed before the run finished (it had fewer checkpoints)")
+        print(
+            f"only {landed} of {args.kills} kills landed before the run finished (it had fewer "
+            "checkpoints): not a full soak"
+        )
     print(
         f"{args.domain}: survived {landed} SIGKILLs; final weights "
         f"{'identical to' if same else 'DIFFERENT from'} the uninterrupted run "
         f"({len(a)} tensors; reference run {duration:.0f} s)"
     )
-    return 0 if same else 1
+    return 0 if same and landed >= args.kills else 1
 
 
 if __name__ == "__main__":

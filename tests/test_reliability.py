@@ -110,3 +110,37 @@ def test_ctrl_c_is_one_line_and_status_130(capsys):
     err = capsys.readouterr().err.strip()
     assert stop.value.code == 130 and len(err.splitlines()) == 1
     assert "run the same command to resume" in err and "Traceback" not in err
+
+
+def _image_loader():
+    from image_classification.data.images import ImageData, Split, make_loader
+
+    split = Split(torch.zeros(40, 1, 8, 8, dtype=torch.uint8), torch.zeros(40, dtype=torch.long))
+    data = ImageData("toy", ["a"], split, split, split, [0.5], [0.5])
+    return make_loader(split, data, 8, shuffle=True, augment=("flip",))
+
+
+def _text_loader():
+    from datasets import Dataset
+
+    from nlp.data.text import make_loader
+
+    rows = {"input_ids": [[1, 2, 3]] * 40, "attention_mask": [[1, 1, 1]] * 40}
+    split = Dataset.from_dict({**rows, "token_type_ids": [[0, 0, 0]] * 40, "label": [0] * 40})
+    return make_loader(split, 8, shuffle=True)
+
+
+@pytest.mark.parametrize("build", [_image_loader, _text_loader], ids=["image", "nlp"])
+def test_training_loaders_leave_the_global_rng_alone(build):
+    """A new epoch's iterator (or a resumed run's, skipping the batches its checkpoint had
+    consumed) draws nothing from the global torch RNG: otherwise a run resumed mid-epoch
+    would get other dropout masks than the uninterrupted run (found by the NLP soak)."""
+    from common.training import make_accelerator
+
+    accelerator = make_accelerator()
+    loader = accelerator.prepare(build())
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    next(iter(loader))
+    next(iter(accelerator.skip_first_batches(loader, 2)))
+    assert torch.equal(before, torch.get_rng_state())

@@ -402,6 +402,11 @@ def make_loader(
         batch_size=batch_size,
         shuffle=shuffle,
         collate_fn=BatchBuilder(split, data.mean, data.std, augment, seed=seed),
+        # Its own generator: otherwise every new iterator draws its worker seed from the
+        # global torch RNG, and a run resumed mid-epoch (whose iterator starts after the
+        # checkpoint restored that RNG) would draw once more than the uninterrupted run and
+        # get other dropout masks from then on. The order comes from the seedable sampler.
+        generator=torch.Generator(),
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
     )
