@@ -33,7 +33,7 @@ SMALL = {
     "image-classification": (
         ["--max-train", "1024", "--max-test", "200", "--val-size", "200", "--batch-size", "32"],
         ["--epochs", "1", "--optimizer", "adamw", "--lr", "0.002"],
-        ["--methods", "kd", "--epochs", "3", "--student", "tiny", "--checkpoint-every", "4"],
+        ["--methods", "kd", "--epochs", "10", "--student", "tiny", "--checkpoint-every", "4"],
     ),
     "nlp": (
         ["--max-train", "256", "--max-test", "64", "--max-length", "32", "--batch-size", "16"],
