@@ -119,6 +119,7 @@ def check_model_folder(folder: Path, domain: str) -> None:
     for other in domains().values():
         if other.name != domain and other.owns(folder):
             raise ConfigError(
-                f"{folder} is a {other.name} model ({other.summary}), not a {domain} one; "
+                f"{folder} holds a model of the {other.name} domain ({other.summary}), not of "
+                f"{domain}; "
                 f"pass a folder written by {domains()[domain].teacher_script} or its distill"
             )
