@@ -205,6 +205,38 @@ def test_packaged_teacher_loads_with_the_hub_blocked(no_network):
         load_classifier("./no/such/folder")
 
 
+def test_pca_student_positions_line_up_with_an_mpnet_teacher():
+    """MPNet (like RoBERTa) numbers a sequence's positions from padding_idx + 1: the BERT
+    student's position p gets the teacher's row p + 2, through the same projection as the
+    words (checked sign-free: inner products against the projector onto the top components)."""
+    from transformers import MPNetConfig, MPNetForSequenceClassification
+    from transformers.models.mpnet.modeling_mpnet import create_position_ids_from_input_ids
+
+    from nlp.student_model.bert import position_offset
+
+    cfg = MPNetConfig(vocab_size=400, hidden_size=192, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=40, num_labels=2)  # fmt: skip
+    teacher = MPNetForSequenceClassification(cfg)
+    emb = teacher.base_model.embeddings
+    assert create_position_ids_from_input_ids(torch.tensor([[0, 5, 7, 2]]), 1).tolist() == [
+        [2, 3, 4, 5]
+    ]
+    assert position_offset(emb) == 2
+    student = build_student("tiny", teacher, ["a", "b"])
+    pca_embeddings(student, teacher)
+    words = emb.word_embeddings.weight.detach()
+    centred = words - words.mean(0)
+    _, vecs = torch.linalg.eigh(centred.T @ centred / len(words))
+    top = vecs[:, -student.config.hidden_size :]
+    projector = top @ top.T
+    t_pos = emb.position_embeddings.weight.detach()
+    s_pos = student.bert.embeddings.position_embeddings.weight.detach()
+    want = t_pos[2:6] @ projector @ t_pos[2:6].T
+    torch.testing.assert_close(s_pos[:4] @ s_pos[:4].T, want, rtol=1e-3, atol=1e-3)
+    old = t_pos[0:4] @ projector @ t_pos[0:4].T  # what rows from 0 gave
+    assert not torch.allclose(s_pos[:4] @ s_pos[:4].T, old, atol=1e-3)
+
+
 def test_students_size_pca_and_truncation(minilm):
     classes = ["negative", "positive"]
     tiny = build_student("tiny", minilm, classes)

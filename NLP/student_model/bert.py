@@ -76,10 +76,21 @@ def pca_embeddings(student: BertForSequenceClassification, teacher: Any) -> floa
     for name in ("position_embeddings", "token_type_embeddings"):
         t_table = getattr(t_emb, name, None)
         s_table = getattr(s_emb, name)
-        if t_table is not None:
-            rows = min(len(t_table.weight), len(s_table.weight))
-            s_table.weight[:rows].copy_(t_table.weight[:rows].float() @ basis)
+        if t_table is None:  # MPNet has no token types
+            continue
+        # The BERT student counts positions from 0; RoBERTa/MPNet teachers from
+        # padding_idx + 1 (their rows below that are never used for a real token).
+        first = position_offset(t_emb) if name == "position_embeddings" else 0
+        rows = min(len(t_table.weight) - first, len(s_table.weight))
+        s_table.weight[:rows].copy_(t_table.weight[first : first + rows].float() @ basis)
     return float(eigvals[-dim:].sum() / eigvals.sum())
+
+
+def position_offset(embeddings: Any) -> int:
+    """The position-table row of a sequence's first token: 0 for BERT, ``padding_idx + 1``
+    for teachers that number positions after the padding index (RoBERTa, MPNet)."""
+    padding_idx = getattr(embeddings, "padding_idx", None)
+    return 0 if padding_idx is None else int(padding_idx) + 1
 
 
 def build_student(
