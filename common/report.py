@@ -233,6 +233,9 @@ def render_markdown(
             out += ["", f"![{s.title}]({figures[s.title]})"]
         if f"{s.title} curves" in figures:
             out += ["", f"![{s.title}: learning curves]({figures[f'{s.title} curves']})"]
+            line = _steps_to_keep_line(s)
+            if line:
+                out += ["", line]
     if problems:
         out += ["", "## Skipped results", ""] + [f"- {p}" for p in problems]
     return "\n".join(out) + "\n"
@@ -302,6 +305,35 @@ def read_curve(results_file: str | Path, metric: str) -> tuple[str, dict[float, 
         if value is not None and isinstance(e.get(x_key), int | float):
             curve[float(e[x_key])] = float(value)
     return x_key, curve
+
+
+def steps_to_keep(s: DomainSummary, row: MethodRow, fraction: float) -> list[float | None]:
+    """Per run of ``row``: the first point of its validation curve (x: environment or
+    optimizer steps) that keeps ``fraction`` of the teacher's score (see
+    :meth:`~common.stats.GroupSummary.kept_of`); None where the curve never gets there."""
+    firsts: list[float | None] = []
+    for run in row.runs:
+        _, curve = read_curve(run, s.metric)
+        if curve:
+            hits = [x for x, v in sorted(curve.items()) if (s.kept_of(v) or 0.0) >= fraction]
+            firsts.append(hits[0] if hits else None)
+    return firsts
+
+
+def _steps_to_keep_line(s: DomainSummary, fraction: float = 0.95) -> str | None:
+    parts = []
+    for row in s.rows.values():
+        firsts = steps_to_keep(s, row, fraction)
+        if not firsts:
+            continue
+        shown = ", ".join("never" if f is None else f"{f:,.0f}" for f in firsts)
+        parts.append(f"`{row.method}` {shown}")
+    if not parts:
+        return None
+    return (
+        f"Steps until the validation curve first keeps {fraction:.0%} of the teacher's score, "
+        f"per seed: {'; '.join(parts)} (never: not within the run's budget)."
+    )
 
 
 def plot_curves(s: DomainSummary, path: Path) -> bool:

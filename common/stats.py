@@ -183,19 +183,20 @@ class GroupSummary:
         return (self.gain(row) or 0.0) / gap
 
     def kept(self, row: MethodRow) -> float | None:
-        """Fraction of the teacher's score kept: ``(student - floor) / (teacher - floor)`` when
-        the domain records a floor (a random policy's return: returns can be negative), else
-        ``student / teacher`` for a positive, higher-is-better score; None otherwise."""
-        t = self.teacher_score
+        """Fraction of the teacher's score kept by a method's mean (:meth:`kept_of`)."""
+        return self.kept_of(row.mean)
+
+    def kept_of(self, score: float) -> float | None:
+        """Fraction of the teacher's score that ``score`` keeps: ``(score - floor) / (teacher -
+        floor)`` when the domain records a floor (a random policy's return: returns can be
+        negative), else ``score / teacher`` for a positive, higher-is-better score; None
+        otherwise."""
+        t, floor = self.teacher_score, self.teacher_floor
         if t is None or not self.higher_is_better:
             return None
-        if self.teacher_floor is not None:
-            return (
-                (row.mean - self.teacher_floor) / (t - self.teacher_floor)
-                if t > self.teacher_floor
-                else None
-            )
-        return row.mean / t if t > 0 else None
+        if floor is not None:
+            return (score - floor) / (t - floor) if t > floor else None
+        return score / t if t > 0 else None
 
     def size_ratio(self, row: MethodRow) -> float:
         return row.student_params / self.teacher_params if self.teacher_params else math.nan

@@ -202,3 +202,21 @@ def test_a_student_size_sweep_is_one_group_per_size_and_one_figure(tmp_path):
     name = "reinforcement-learning-toy-big-sizes.png"
     assert f"]({name})" in report.read_text()
     assert (tmp_path / "report" / name).stat().st_size > 1000
+
+
+def test_steps_until_a_curve_keeps_95_percent_of_the_teacher(tmp_path):
+    from common.report import steps_to_keep
+
+    root = tmp_path / "runs"
+    teacher = {**TEACHER, "score": 1000.0, "floor": 0.0}
+    for seed, returns in enumerate(([400.0, 960.0, 990.0], [300.0, 500.0, 900.0])):
+        run = write_run(root, "reinforcement-learning", "dagger", seed, returns[-1],
+                        "test/return_mean", teacher)  # fmt: skip
+        _log_curve(run, [{"epoch": i + 1, "step": i, "env_steps": 5000 * (i + 1),
+                          "val/return": r} for i, r in enumerate(returns)])  # fmt: skip
+    (s,) = summarize(load_all([root])[0])
+    assert steps_to_keep(s, s.rows["dagger"], 0.95) == [10000.0, None]
+    report, _ = write_report([root], tmp_path / "report")
+    assert (
+        "keeps 95% of the teacher's score, per seed: `dagger` 10,000, never" in report.read_text()
+    )
