@@ -121,10 +121,13 @@ CONFIGS = ("student alone", "kd, live teacher", "kd, warm cache")
 """The configurations every domain benchmark times, in this order."""
 
 
-def run_configs(measure: Callable[[str, Any], dict[str, Any]], args: Any) -> dict[str, Any]:
-    """``measure(config, args)`` for each of :data:`CONFIGS`, each in a fresh process."""
+def run_configs(
+    measure: Callable[[str, Any], dict[str, Any]], args: Any, configs: tuple[str, ...] = CONFIGS
+) -> dict[str, Any]:
+    """``measure(config, args)`` for each of ``configs`` (:data:`CONFIGS` and any a domain
+    adds), each in a fresh process."""
     steps = {}
-    for config in CONFIGS:
+    for config in configs:
         print(f"measuring: {config} ({args.warmup_steps} + {args.steps} steps) ...", flush=True)
         steps[config] = in_fresh_process(measure, config, args)
     return steps
@@ -165,11 +168,12 @@ def run_benchmark(
     inference: Callable[[Any], dict[str, Any]],
     what: str,
     unit: str,
+    configs: tuple[str, ...] = CONFIGS,
 ) -> dict[str, Any]:
     """Every step configuration (each in a fresh process), then teacher vs student inference
     in one more: the figures (``args``, ``steps``, ``inference``, ``ratios``), printed."""
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
-    steps = run_configs(measure, args)
+    steps = run_configs(measure, args, configs)
     speed = in_fresh_process(inference, args)
     results.update(steps=steps, inference=speed)
     results["ratios"] = summarize(steps, speed, what, unit)

@@ -11,7 +11,10 @@ stale cache is never read; old files are simply left behind (``rm -r .cache/teac
 
 With augmentation the teacher sees different inputs every epoch, and a cache would need one
 teacher pass per epoch, which costs what running the teacher costs. Domains then run the
-teacher live and say so (:data:`AUGMENTATION_REASON`).
+teacher live and say so (:data:`AUGMENTATION_REASON`), unless the augmentation is a fixed set
+of V seeded views per example: then the outputs of every (example, view) are cached once
+(:func:`load_or_build_views`: chunked, resumable, memory-mapped) and served by
+``batch["index"]`` and ``batch["view"]`` (:class:`ViewCacheAdapter`).
 
 Usage inside a domain::
 
@@ -25,6 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import resource
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -38,7 +43,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from common.errors import ConfigError, DistilleryError
-from common.io import atomic_path
+from common.io import atomic_path, atomic_write_json
 from common.training import process_state
 
 FORMAT_VERSION = 1
@@ -265,3 +270,280 @@ def _read(path: Path, key: Mapping[str, Any]) -> dict[str, Tensor]:
     if sorted(outputs) != sorted(key["outputs"]):
         raise CacheError(f"teacher cache {path} lacks outputs {key['outputs']}; delete it")
     return outputs
+
+
+# --------------------------------------------------------------------------- augmented views
+#
+# Consistent teaching (Beyer et al. 2022): teacher and student see the same, aggressively
+# augmented image. With V fixed, seeded views per example (the domain makes view v of example
+# i from (view seed, i, v) alone and gives each example one of them per epoch), the teacher's
+# outputs on every (example, view) are computed once, like the fixed transfer set's, and looked
+# up by batch["index"] and batch["view"]. V views of a large set can exceed RAM, so the file is
+# written in chunks of examples and read memory-mapped; a build that is killed resumes at its
+# last finished chunk, and the final name only ever holds a complete file.
+
+_SAFETENSORS_DTYPES: dict[torch.dtype, tuple[str, Any]] = {
+    torch.float32: ("F32", np.float32),
+    torch.float16: ("F16", np.float16),
+}
+_FROM_CODE = {code: np_dtype for code, np_dtype in _SAFETENSORS_DTYPES.values()}
+
+OutputSpec = tuple[tuple[int, ...], torch.dtype]
+"""One output per (example, view): its shape (``(classes,)`` for logits) and stored dtype."""
+
+
+@dataclass
+class ViewCacheStats(CacheStats):
+    """What the view cache did: besides :class:`CacheStats`, the views per example, the rows
+    a resumed build found finished, and this process's peak resident memory."""
+
+    views: int = 0
+    """Views per example (the file holds examples x views outputs)."""
+    resumed_rows: int = 0
+    """Examples a killed build had already finished (0: built from the start, or a hit)."""
+    peak_rss_mib: float = 0.0
+    """Peak resident memory of this process so far (getrusage), MiB: the build holds one
+    chunk, the reader maps the file, so neither needs the cache to fit in RAM."""
+
+    def describe(self) -> str:
+        what = "hit" if self.hit else "miss (computed)"
+        resumed = f", resumed after {self.resumed_rows:,} examples" if self.resumed_rows else ""
+        return (
+            f"teacher view cache {what}: {self.examples:,} examples x {self.views} views, "
+            f"{self.size_bytes / 2**20:.1f} MiB, {self.seconds:.1f} s{resumed}, peak RSS "
+            f"{self.peak_rss_mib:.0f} MiB ({self.path})"
+        )
+
+
+class ViewOutputCache(nn.Module):
+    """Teacher outputs per (example, view), memory-mapped from a safetensors file (so a cache
+    larger than RAM works), served by ``index`` and ``view``. A module without parameters: the
+    loop may move it like a teacher; looked-up rows go to the index's device."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray]) -> None:
+        super().__init__()
+        if not arrays:
+            raise ConfigError("a teacher view cache needs at least one output (e.g. 'logits')")
+        shapes = {k: tuple(a.shape[:2]) for k, a in arrays.items()}
+        if len(set(shapes.values())) != 1:
+            raise CacheError(f"cached outputs disagree on examples x views: {shapes}")
+        self.keys = tuple(sorted(arrays))
+        self.arrays = dict(arrays)
+        self.hits = 0
+        """Batches served (each one a teacher forward pass saved)."""
+
+    def __len__(self) -> int:
+        return int(self.arrays[self.keys[0]].shape[0])
+
+    @property
+    def views(self) -> int:
+        return int(self.arrays[self.keys[0]].shape[1])
+
+    def lookup(self, index: Tensor, view: Tensor) -> dict[str, Tensor]:
+        """Outputs of view ``view[k]`` of example ``index[k]`` (float32, on index's device)."""
+        n, v = len(self), self.views
+        for what, t, size in (("index", index, n), ("view", view, v)):
+            if t.numel() and (int(t.min()) < 0 or int(t.max()) >= size):
+                raise CacheError(
+                    f"batch {what} {int(t.max())} is outside the cached {n} examples x {v} "
+                    "views; the cache was built for other data or views (delete it or fix "
+                    "the loader)"
+                )
+        i, j = index.cpu().numpy(), view.cpu().numpy()
+        self.hits += 1
+        return {
+            k: torch.from_numpy(np.ascontiguousarray(self.arrays[k][i, j])).float().to(index.device)
+            for k in self.keys
+        }
+
+
+class ViewCacheAdapter(CachedTeacherAdapter):
+    """:class:`CachedTeacherAdapter` for views: the teacher's outputs are looked up by
+    ``batch["index"]`` and ``batch["view"]`` in a :class:`ViewOutputCache`."""
+
+    def teacher(self, model: nn.Module, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        if not isinstance(model, ViewOutputCache):
+            raise ConfigError("ViewCacheAdapter needs a ViewOutputCache as the teacher")
+        missing = [k for k in ("index", "view") if k not in batch]
+        if missing:
+            raise ConfigError(
+                f"cached view outputs are looked up by batch['index'] and batch['view']; the "
+                f"batches lack {missing} (build them with views, e.g. make_loader(views=V))"
+            )
+        return model.lookup(batch["index"], batch["view"])
+
+
+def _view_layout(
+    specs: Mapping[str, OutputSpec], examples: int, views: int
+) -> tuple[dict[str, Any], int]:
+    """safetensors header entries (``[examples, views, *shape]`` per key, in key order, no
+    gaps) and the data's total size in bytes."""
+    header: dict[str, Any] = {}
+    offset = 0
+    for k in sorted(specs):
+        shape, dtype = specs[k]
+        if dtype not in _SAFETENSORS_DTYPES:
+            raise ConfigError(f"view cache output {k!r}: store float32 or float16, not {dtype}")
+        code, np_dtype = _SAFETENSORS_DTYPES[dtype]
+        full = [examples, views, *shape]
+        size = int(np.prod(full)) * np.dtype(np_dtype).itemsize
+        header[k] = {"dtype": code, "shape": full, "data_offsets": [offset, offset + size]}
+        offset += size
+    return header, offset
+
+
+def _header_bytes(entries: Mapping[str, Any], key: Mapping[str, Any]) -> bytes:
+    header = {**entries, "__metadata__": {"key": json.dumps(key, sort_keys=True)}}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # safetensors aligns the data to 8 bytes
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def _open_view_file(path: Path, key: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The outputs of a finished view cache file as read-only memory maps, after checking that
+    it was written for ``key`` and is whole."""
+    try:
+        with open(path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(length))
+        stored = json.loads(header.pop("__metadata__", {}).get("key", "null"))
+        start = 8 + length
+        total = max((e["data_offsets"][1] for e in header.values()), default=0)
+        if path.stat().st_size != start + total:
+            raise ValueError(f"{path.stat().st_size} bytes, the header says {start + total}")
+        arrays = {
+            k: np.memmap(
+                path,
+                dtype=_FROM_CODE[e["dtype"]],
+                mode="r",
+                offset=start + e["data_offsets"][0],
+                shape=tuple(e["shape"]),
+            )
+            for k, e in header.items()
+        }
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CacheError(f"cannot read teacher view cache {path}: {e}; delete the file") from e
+    if stored != json.loads(json.dumps(key, sort_keys=True)):
+        raise CacheError(
+            f"teacher view cache {path} was written for other settings (digest collision or "
+            "a hand-copied file); delete it and it will be rebuilt"
+        )
+    return arrays
+
+
+def _build_view_file(
+    path: Path,
+    key: Mapping[str, Any],
+    specs: Mapping[str, OutputSpec],
+    examples: int,
+    views: int,
+    compute: Callable[[int, int], Mapping[str, Tensor]],
+    chunk: int,
+    progress: bool,
+) -> int:
+    """Write the view cache for ``key`` to ``path``, ``chunk`` examples at a time, into
+    ``.<name>.partial`` (renamed to ``path`` only once complete) with
+    ``.<name>.progress.json`` recording finished examples after each chunk is on disk, so a
+    killed build resumes there. Returns the examples a resumed build found finished."""
+    from tqdm.auto import tqdm
+
+    entries, total = _view_layout(specs, examples, views)
+    head = _header_bytes(entries, key)
+    partial = path.with_name(f".{path.name}.partial")
+    record = path.with_name(f".{path.name}.progress.json")
+    done = 0
+    if partial.exists() and record.exists():
+        try:
+            saved = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            saved = {}
+        same = saved.get("key") == json.loads(json.dumps(key, sort_keys=True))
+        if same and partial.stat().st_size == len(head) + total:
+            done = int(saved.get("examples", 0))
+    if done == 0:
+        with open(partial, "wb") as f:
+            f.write(head)
+            f.truncate(len(head) + total)
+    resumed = done
+    with (
+        open(partial, "r+b") as f,
+        tqdm(total=examples, initial=done, desc="teacher views", disable=not progress) as bar,
+    ):
+        while done < examples:
+            stop = min(done + chunk, examples)
+            out = compute(done, stop)
+            for k in sorted(specs):
+                shape, dtype = specs[k]
+                rows = out[k].detach().cpu().to(dtype).contiguous()
+                if tuple(rows.shape) != (stop - done, views, *shape):
+                    raise CacheError(
+                        f"view cache output {k!r} of examples {done}..{stop - 1} has shape "
+                        f"{tuple(rows.shape)}, expected {(stop - done, views, *shape)}"
+                    )
+                row_bytes = rows[0].numel() * rows.element_size()
+                f.seek(len(head) + entries[k]["data_offsets"][0] + done * row_bytes)
+                f.write(rows.numpy().tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+            done = stop
+            atomic_write_json(record, {"key": key, "examples": done})
+            bar.update(stop - bar.n)
+    os.replace(partial, path)
+    record.unlink(missing_ok=True)
+    return resumed
+
+
+def load_or_build_views(
+    cache_dir: Path,
+    key: Mapping[str, Any],
+    *,
+    examples: int,
+    views: int,
+    specs: Mapping[str, OutputSpec],
+    compute: Callable[[int, int], Mapping[str, Tensor]],
+    chunk: int = 1024,
+    progress: bool = True,
+) -> tuple[ViewOutputCache, ViewCacheStats]:
+    """Open the view cache for ``key`` in ``cache_dir``, or build it first:
+    ``compute(start, stop)`` gives each output of ``specs`` for examples ``start..stop-1``,
+    all views, as ``[stop - start, views, *shape]``. ``key`` must name everything the outputs
+    depend on (teacher, data, augmentation recipe, views, view seed): its digest is the file
+    name. One builder at a time per file (a lock beside it); under ``accelerate launch`` the
+    main process builds while the others wait, then every process maps the same file."""
+    import fcntl
+
+    if examples < 1 or views < 1:
+        raise ConfigError(f"a view cache needs examples and views >= 1, got {examples}, {views}")
+    path = Path(cache_dir) / f"{key_digest(key)}.safetensors"
+    start = time.perf_counter()
+    hit, resumed = path.exists(), 0
+    state = process_state()
+    with state.main_process_first():
+        if not path.exists() and state.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = path.with_name(f".{path.name}.lock")
+            with open(lock, "w") as held:
+                fcntl.flock(held, fcntl.LOCK_EX)  # another run building it: wait for it
+                if not path.exists():
+                    resumed = _build_view_file(
+                        path, key, specs, examples, views, compute, chunk, progress
+                    )
+                lock.unlink(missing_ok=True)
+        arrays = _open_view_file(path, key)
+    cache = ViewOutputCache(arrays)
+    if (len(cache), cache.views) != (examples, views) or sorted(arrays) != sorted(specs):
+        raise CacheError(
+            f"teacher view cache {path} holds {sorted(arrays)} for {len(cache)} x "
+            f"{cache.views}, expected {sorted(specs)} for {examples} x {views}; delete it"
+        )
+    stats = ViewCacheStats(
+        hit=hit,
+        path=str(path),
+        examples=examples,
+        size_bytes=path.stat().st_size,
+        seconds=time.perf_counter() - start,
+        views=views,
+        resumed_rows=resumed,
+        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
+    return cache, stats

@@ -172,6 +172,8 @@ FIELD_RULES: dict[str, Rule] = {
     "max_length": _at_least(8, "128"),
     "seed": _at_least(0, "0"),
     "seed_start": _at_least(0, "0"),
+    "views": _at_least(0, "4"),
+    "view_seed": _at_least(0, "0"),
     "warmup_steps": _at_least(0, "5"),
     "num_workers": _at_least(0, "2"),
     "split_seed": _at_least(0, "0"),

@@ -21,7 +21,7 @@ from common.metrics import (
 )
 from common.recipe import Recipe, train
 from common.training import ForwardAdapter, LoopState
-from image_classification.data.images import ImageData, make_loader
+from image_classification.data.images import BatchBuilder, ImageData, make_loader
 
 
 class ImageAdapter:
@@ -74,6 +74,26 @@ def predict_logits(model: nn.Module, loader: DataLoader) -> tuple[Tensor, Tensor
     return torch.cat(logits), torch.cat(labels)
 
 
+@torch.no_grad()
+def view_logits(
+    teacher: nn.Module, builder: BatchBuilder, start: int, stop: int, batch_size: int = 512
+) -> dict[str, Tensor]:
+    """The teacher's logits on every view of images ``start..stop-1``, ``[images, views,
+    classes]`` on the CPU: what the view cache stores (``builder`` makes the views)."""
+    views = builder.views
+    index = torch.arange(start, stop).repeat_interleave(views)
+    view = torch.arange(views).repeat(stop - start)
+    was_training = teacher.training
+    teacher.eval()
+    device = next(teacher.parameters()).device
+    out = []
+    for k in range(0, len(index), batch_size):
+        images = builder.view_batch(index[k : k + batch_size], view[k : k + batch_size])["images"]
+        out.append(teacher(images.to(device))["logits"].float().cpu())
+    teacher.train(was_training)
+    return {"logits": torch.cat(out).view(stop - start, views, -1)}
+
+
 def run_training(
     model: nn.Module,
     loss: CombinedLoss,
@@ -88,10 +108,13 @@ def run_training(
     config: dict[str, Any] | None = None,
     teacher_val_logits: Tensor | None = None,
     adapter: ForwardAdapter | None = None,
+    views: int = 0,
+    view_seed: int = 0,
 ) -> tuple[nn.Module, LoopState]:
     """Train ``model`` on ``data.train`` with common's recipe, validating on ``data.val``;
     returns it (unwrapped, eval mode) and the loop state. ``teacher`` may be a model or a
-    :class:`~common.cache.TeacherOutputCache` (then pass a ``CachedTeacherAdapter``)."""
+    :class:`~common.cache.TeacherOutputCache` (then pass a ``CachedTeacherAdapter``), or with
+    ``views`` a :class:`~common.cache.ViewOutputCache` (then a ``ViewCacheAdapter``)."""
     train_loader = make_loader(
         data.train,
         data,
@@ -100,6 +123,7 @@ def run_training(
         augment=augment,
         seed=seed,
         num_workers=num_workers,
+        **({"views": views, "view_seed": view_seed} if views else {}),
     )
     val_loader = make_loader(data.val, data, 512, shuffle=False)
 

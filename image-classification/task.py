@@ -16,10 +16,13 @@ from torch import Tensor, nn
 from common.cache import (
     AUGMENTATION_REASON,
     TeacherOutputCache,
+    ViewCacheAdapter,
+    ViewOutputCache,
     cache_key,
     compute_outputs,
     default_cache_dir,
     fingerprint,
+    load_or_build_views,
     load_or_compute,
 )
 from common.cli import args_dict
@@ -33,8 +36,11 @@ from common.results import accuracy_metrics, load_results
 from common.stats import proportion_sampling
 from common.training import is_main_process, training_budget
 from image_classification.data.images import (
+    BatchBuilder,
     ImageData,
     Split,
+    ViewRecipe,
+    check_augment,
     load_dataset,
     make_loader,
     resolve_augment,
@@ -47,11 +53,20 @@ from image_classification.pipeline import (
     predict_logits,
     run_training,
     speed_report,
+    view_logits,
 )
 from image_classification.teacher_model.resnet import flip_averaged
 
 BATCH_KEYS = frozenset({"images", "labels", "index"})
-"""What every image batch holds (``flipped`` too with flips)."""
+"""What every image batch holds (``flipped`` too with flips, ``view`` with views)."""
+LIVE_AUGMENT_REASON = f"{AUGMENTATION_REASON}; --views V caches V seeded views per image instead"
+VIEW_TAPS_REASON = (
+    "the view cache holds logits only (feature maps of every view of every image would take V "
+    "times the maps of the whole training set); the live teacher sees the same views"
+)
+VIEW_SETTINGS = ("views", "view_seed")
+"""Recorded in a run's settings only with --views > 0, so runs without views keep the
+settings record (and the finished runs) they had before the option existed."""
 
 
 def check_compatible(cfg: ModelConfig, data: ImageData, teacher_dir: Path) -> None:
@@ -130,6 +145,34 @@ def teacher_labelled(
     return Split(data.train.images, labels)
 
 
+def view_cache_key(
+    teacher_sha256: str,
+    data: ImageData,
+    recipe: ViewRecipe,
+    views: int,
+    view_seed: int,
+    teacher_flip: bool,
+    outputs: frozenset[str] = frozenset({"logits"}),
+) -> dict[str, Any]:
+    """What the teacher's outputs on the seeded views depend on: the teacher (and whether it is
+    mirror-averaged), the training images, their normalisation, the augmentation recipe (names
+    and parameters), the number of views and the view seed. Any change is another file."""
+    return cache_key(
+        teacher_sha256=teacher_sha256,
+        data_sha256=fingerprint(data.train.images),
+        preprocessing={
+            "mean": data.mean,
+            "std": data.std,
+            "shape": data.shape,
+            "views": views,
+            "view_seed": view_seed,
+            "recipe": recipe.describe(),
+            **({"teacher_flip": True} if teacher_flip else {}),
+        },
+        outputs=sorted(outputs),
+    )
+
+
 def load_teacher(args: Any) -> tuple[nn.Module, ModelConfig, str]:
     """The frozen teacher (mirror-averaged with ``--teacher-flip``), its config and dataset."""
     teacher, t_cfg = load_model_dir(args.teacher)
@@ -179,6 +222,9 @@ class ImageDistillTask:
         self.args = args
         self.teacher_model, t_cfg, self.dataset = load_teacher(args)
         self.augment = augment = resolve_augment(args.augment, self.dataset)
+        self.views = args.views
+        check_augment(augment or ("none",), self.views)  # 'auto' resolved: empty for folders
+        self.recipe = ViewRecipe(augment) if self.views else None
         self.data = load_distill_data(args, t_cfg, self.dataset)
         data = self.data
         self.digest = sha256_file(args.teacher / "model.safetensors")
@@ -214,28 +260,39 @@ class ImageDistillTask:
             "speed": self.speed["teacher"],
             "sampling": proportion_sampling(len(data.test)),
         }
-        self.settings = {"teacher_sha256": self.digest, **args_dict(args, NOT_SETTINGS)}
-        # A mirror-invariant teacher gives a mirrored image the outputs of the original
-        # (feature maps mirrored), so flips alone keep the cache valid; crops do not.
-        cacheable = not augment or (args.teacher_flip and set(augment) == {"flip"})
-        self.cacheable = frozenset({"logits", *self.t_taps}) if cacheable else frozenset()
-        self.why_not_cached = AUGMENTATION_REASON
+        unrecorded = NOT_SETTINGS if self.views else (*NOT_SETTINGS, *VIEW_SETTINGS)
+        self.settings = {"teacher_sha256": self.digest, **args_dict(args, unrecorded)}
+        if self.views:
+            # The teacher's logits on every seeded view are cached once (load_or_build_views).
+            self.cacheable, self.why_not_cached = frozenset({"logits"}), VIEW_TAPS_REASON
+        else:
+            # A mirror-invariant teacher gives a mirrored image the outputs of the original
+            # (feature maps mirrored), so flips alone keep the cache valid; crops do not.
+            cacheable = not augment or (args.teacher_flip and set(augment) == {"flip"})
+            self.cacheable = frozenset({"logits", *self.t_taps}) if cacheable else frozenset()
+            self.why_not_cached = LIVE_AUGMENT_REASON
         # Every method gets the optimizer steps of `epochs` passes over the whole split.
         self.steps = args.epochs * math.ceil(len(data.train) / args.batch_size)
-        self.cache: TeacherOutputCache | None = None
+        self.cache: TeacherOutputCache | ViewOutputCache | None = None
         self.alone_data = self.distill_data = data
 
     def produced(self) -> Reads:
         return Reads(
             student=frozenset({"logits", *self.s_taps}),
             teacher=frozenset({"logits", *self.t_taps}),
-            batch=BATCH_KEYS,
+            batch=BATCH_KEYS | ({"view"} if self.views else set()),
         )
 
     def complete(self, method: Method) -> Method:
         """Layer pairs and regressor shapes of ``hint`` and ``at`` from the taps (options
-        given with --loss-option win)."""
+        given with --loss-option win). Refuses dkd on mixed views (it needs one class label
+        per image; a mixed view has two)."""
         s_taps, t_taps = self.s_taps, self.t_taps
+        if "dkd" in method.weights and self.recipe is not None and self.recipe.mixes:
+            raise ConfigError(
+                f"method {method.name!r}: dkd needs one class label per image, and mixup/cutmix "
+                "views have two; drop mixup and cutmix from --augment, or use kd"
+            )
         if "hint" in method.weights:
             given = method.options.get("hint", {})
             s_key, t_key = parse_pair(self.args.hint_pair, s_taps, t_taps, "fitnet")
@@ -274,13 +331,47 @@ class ImageDistillTask:
         taught = any(p.needed for p in plans.values())
         if self.labelled is not None and cache_keys:
             cache_keys = cache_keys | {"logits"}
-        info = self._build_cache(cache_keys) if cache_keys else {}
+        build = self._build_view_cache if self.views else self._build_cache
+        info = build(cache_keys) if cache_keys else {}
         if self.labelled is not None:
             self.alone_data = replace(self.data, train=self.data.train.subset(self.labelled))
             if taught:
-                labels = teacher_labelled(self.data, self.labelled, self.teacher_model, self.cache)
+                # With views the cache holds augmented views: label the plain images live.
+                plain = self.cache if isinstance(self.cache, TeacherOutputCache) else None
+                labels = teacher_labelled(self.data, self.labelled, self.teacher_model, plain)
                 self.distill_data = replace(self.data, train=labels)
         return info
+
+    def _build_view_cache(self, keys: frozenset[str]) -> dict:
+        """The teacher's logits on every seeded view of every training image, keyed by the
+        teacher, the data, the normalisation, the recipe, V and the view seed."""
+        args, data = self.args, self.data
+        assert keys == {"logits"}, keys
+        # The builder the training loader makes too (run_training): the same views.
+        builder = BatchBuilder(
+            data.train,
+            data.mean,
+            data.std,
+            self.augment,
+            views=self.views,
+            view_seed=args.view_seed,
+            num_classes=data.num_classes,
+        )
+        key = view_cache_key(
+            self.digest, data, builder.recipe, self.views, args.view_seed, args.teacher_flip, keys
+        )
+        self.cache, stats = load_or_build_views(
+            args.cache_dir or default_cache_dir(),
+            key,
+            examples=len(data.train),
+            views=self.views,
+            specs={"logits": ((data.num_classes,), torch.float32)},
+            compute=lambda start, stop: view_logits(self.teacher_model, builder, start, stop),
+            progress=is_main_process(),
+        )
+        if is_main_process():
+            print(stats.describe())
+        return stats.to_dict()
 
     def _build_cache(self, keys: frozenset[str]) -> dict:
         args, data = self.args, self.data
@@ -342,6 +433,12 @@ class ImageDistillTask:
         if cached:
             self.cache.hits = 0  # type: ignore[union-attr]
         teacher = {"cache": self.cache, "live": self.teacher_model, "none": None}[plan.mode]
+        if not cached:
+            adapter = ImageAdapter()
+        elif self.views:
+            adapter = ViewCacheAdapter(ImageAdapter())
+        else:
+            adapter = MirroredCacheAdapter(ImageAdapter())
         student, state = run_training(
             student,
             method.build(),
@@ -354,7 +451,9 @@ class ImageDistillTask:
             teacher=teacher,
             config=settings,
             teacher_val_logits=self.t_val_logits,
-            adapter=MirroredCacheAdapter(ImageAdapter()) if cached else ImageAdapter(),
+            adapter=adapter,
+            views=self.views,
+            view_seed=args.view_seed,
         )
         s_logits, _ = predict_logits(student, self.test_loader)
         final = {
@@ -374,6 +473,7 @@ class ImageDistillTask:
             budget=training_budget(epochs, state, args.batch_size, args.grad_accum),
             extra={
                 "augment": list(self.augment),
+                **({"views": self.views, "view_seed": args.view_seed} if self.views else {}),
                 "train_size": len(run_data.train),
                 "labelled_train_size": len(data.train)
                 if self.labelled is None

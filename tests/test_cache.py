@@ -170,3 +170,86 @@ def test_float16_storage_and_the_adapter():
         adapter.teacher(teacher, batch)
     with pytest.raises(ConfigError, match="index"):
         adapter.teacher(cache, {"x": x[:3]})
+
+
+# --------------------------------------------------------------------------- augmented views
+
+
+def view_outputs(x: torch.Tensor, views: int):
+    """A stand-in teacher on views: view v of example i is x[i] * (v + 1)."""
+    teacher = Tapped().eval()
+
+    def compute(start: int, stop: int) -> dict[str, torch.Tensor]:
+        rows = x[start:stop, None, :] * torch.arange(1, views + 1)[None, :, None].float()
+        with torch.no_grad():
+            return {"logits": teacher(rows.reshape(-1, 6))["logits"].view(stop - start, views, 3)}
+
+    return teacher, compute
+
+
+def test_view_cache_is_chunked_resumable_and_memory_mapped(tmp_path):
+    import numpy as np
+    from safetensors import safe_open
+
+    from common.cache import ViewCacheAdapter, ViewOutputCache, load_or_build_views
+
+    torch.manual_seed(0)
+    x, views = torch.randn(10, 6), 3
+    teacher, compute = view_outputs(x, views)
+    key = cache_key(
+        teacher_sha256="t",
+        data_sha256=fingerprint(x),
+        preprocessing={"views": 3},
+        outputs=["logits"],
+    )
+    specs = {"logits": ((3,), torch.float32)}
+    calls: list[tuple[int, int]] = []
+
+    def killed_after_two_chunks(start: int, stop: int):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the build is killed mid-way
+        calls.append((start, stop))
+        return compute(start, stop)
+
+    build = lambda fn: load_or_build_views(  # noqa: E731
+        tmp_path, key, examples=10, views=views, specs=specs, compute=fn, chunk=4, progress=False
+    )
+    with pytest.raises(KeyboardInterrupt):
+        build(killed_after_two_chunks)
+    final = tmp_path / f"{key_digest(key)}.safetensors"
+    assert not final.exists(), "a half-built cache never sits under its final name"
+
+    def counted(start: int, stop: int):
+        calls.append((start, stop))
+        return compute(start, stop)
+
+    cache, stats = build(counted)
+    assert calls == [(0, 4), (4, 8), (8, 10)], "the rebuild resumes at the first unfinished chunk"
+    assert not stats.hit and stats.resumed_rows == 8 and stats.views == 3
+    assert stats.peak_rss_mib > 0 and stats.size_bytes == final.stat().st_size
+    assert sorted(p.name for p in tmp_path.iterdir()) == [final.name], "no partial files left"
+    assert isinstance(cache, ViewOutputCache) and isinstance(cache.arrays["logits"], np.memmap)
+    with safe_open(str(final), framework="pt") as f:  # a valid safetensors file
+        stored = f.get_tensor("logits")
+    assert stored.shape == (10, 3, 3)
+    torch.testing.assert_close(stored, compute(0, 10)["logits"])  # other batch sizes: last bits
+
+    index, view = torch.tensor([9, 0, 4, 4]), torch.tensor([2, 0, 1, 2])
+    got = ViewCacheAdapter(None).teacher(cache, {"index": index, "view": view})
+    with torch.no_grad():
+        live = teacher(x[index] * (view[:, None] + 1).float())["logits"]
+    torch.testing.assert_close(got["logits"], live)
+    assert cache.hits == 1
+
+    again, stats2 = build(lambda a, b: pytest.fail("a hit must not recompute"))
+    assert stats2.hit and "hit" in stats2.describe() and "3 views" in stats2.describe()
+    with pytest.raises(ConfigError, match="batch\\['view'\\]"):
+        ViewCacheAdapter(None).teacher(again, {"index": index})
+    with pytest.raises(CacheError, match="outside the cached 10 examples x 3 views"):
+        again.lookup(torch.tensor([1]), torch.tensor([3]))
+    other = cache_key(teacher_sha256="t", data_sha256="d", preprocessing={}, outputs=["logits"])
+    final.rename(tmp_path / f"{key_digest(other)}.safetensors")  # a hand-copied file
+    with pytest.raises(CacheError, match="other settings"):
+        load_or_build_views(
+            tmp_path, other, examples=10, views=3, specs=specs, compute=compute, progress=False
+        )

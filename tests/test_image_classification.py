@@ -15,15 +15,25 @@ import torch
 from conftest import IMAGE_SMALL
 from PIL import Image
 
-from common.cache import TeacherOutputCache, compute_outputs
+from common.cache import TeacherOutputCache, compute_outputs, key_digest, load_or_build_views
 from common.errors import CheckpointError, ConfigError, ShapeMismatchError
 from common.fetch import MissingDataError
 from common.metrics import count_parameters
 from common.results import load_results
+from common.training import make_accelerator
 from image_classification import task as image_task
-from image_classification.data.images import DataError, load_dataset, make_loader, read_idx
+from image_classification.data.images import (
+    BatchBuilder,
+    DataError,
+    ImageData,
+    ViewRecipe,
+    load_dataset,
+    make_loader,
+    read_idx,
+    view_schedule,
+)
 from image_classification.model_io import ModelConfig, build_model, load_model_dir, save_model_dir
-from image_classification.pipeline import ImageAdapter, MirroredCacheAdapter
+from image_classification.pipeline import ImageAdapter, MirroredCacheAdapter, view_logits
 from image_classification.scripts import distill, export_onnx, predict, train_teacher
 from image_classification.student_model.cnn import SmallCNN
 from image_classification.teacher_model.resnet import FlipAveraged, TappedResNet
@@ -559,14 +569,239 @@ def test_benchmark_measures_every_configuration(teacher_dir, tmp_path, capsys):
             "--main-job", str(tmp_path / "absent.json"), "--teacher-flip",
         ]
     )  # fmt: skip
-    assert set(out["steps"]) == set(CONFIGS)
+    assert set(out["steps"]) == {*CONFIGS, "kd, view cache"}
     for r in out["steps"].values():
         assert r["timed_steps"] == 3 and r["step_ms_median"] > 0 and r["peak_rss_mib"] > 100
     assert out["steps"]["kd, warm cache"]["cache"]["examples"] == 256
     assert out["steps"]["student alone"]["cache"] is None
+    views = out["steps"]["kd, view cache"]["cache"]
+    assert views["examples"] == 256 and views["views"] == 4 and views["peak_rss_mib"] > 0
+    assert out["ratios"]["kd_view_cache_over_alone"] > 0
     assert out["ratios"]["throughput_student_over_teacher"] > 0  # measured, not asserted
     flip = out["inference"]["teacher_flip_average"]
     assert flip["throughput"] > 0 and flip["latency_b1_ms"] > 0 and flip["batch"] == 256
     assert json.loads((tmp_path / "b.json").read_text())["ratios"] == out["ratios"]
     printed = capsys.readouterr().out
     assert "kd, warm cache" in printed and "Flip-averaged teacher" in printed
+
+
+# --------------------------------------------------------------------------- seeded views
+
+ALL_VIEWS = ("crop", "flip", "erase", "mixup", "cutmix")
+
+
+def _view_data(teacher_dir=None, n: int = 64) -> ImageData:
+    data = load_dataset("fashion-mnist", val_size=200, max_train=n, max_test=10)
+    if teacher_dir is not None:  # the teacher's normalisation, as distill.py uses it
+        cfg = load_model_dir(teacher_dir)[1]
+        data.mean, data.std = list(cfg.mean), list(cfg.std)
+    return data
+
+
+def _expected_base(data: ImageData, p, v: int, i: int) -> torch.Tensor:
+    """View v of image i before mixing, rebuilt from its parameters by hand."""
+    dy, dx = int(p.dy[v, i]), int(p.dx[v, i])
+    img = torch.nn.functional.pad(data.train.images[i].float(), (2, 2, 2, 2))
+    img = img[:, dy : dy + 28, dx : dx + 28]
+    if p.flip[v, i]:
+        img = img.flip(-1)
+    x = (img / 255.0 - data.mean[0]) / data.std[0]
+    if p.erase[v, i]:
+        ey, ex, eh, ew = (int(t[v, i]) for t in (p.ey, p.ex, p.eh, p.ew))
+        x[:, ey : ey + eh, ex : ex + ew] = 0.0
+    return x
+
+
+def test_cached_view_logits_are_the_live_teacher_on_that_exact_view(teacher_dir, tmp_path):
+    teacher = load_model_dir(teacher_dir)[0].eval()
+    data = _view_data(teacher_dir)
+    builder = BatchBuilder(
+        data.train, data.mean, data.std, ALL_VIEWS, views=3, view_seed=0, num_classes=10
+    )
+    cache, stats = load_or_build_views(
+        tmp_path,
+        {"test": "views"},
+        examples=64,
+        views=3,
+        specs={"logits": ((10,), torch.float32)},
+        compute=lambda start, stop: view_logits(teacher, builder, start, stop),
+        chunk=16,
+        progress=False,
+    )
+    assert not stats.hit and stats.examples == 64 and stats.views == 3
+    p = builder.params
+    (v_mix, i_mix), (v_cut, i_cut) = (torch.nonzero(p.mix == k)[0].tolist() for k in (1, 2))
+    erased = torch.nonzero(p.erase)[0].tolist()
+    view = torch.tensor([v_mix, v_cut, erased[0], 2])
+    index = torch.tensor([i_mix, i_cut, erased[1], 5])
+    batch = builder.view_batch(index, view)
+    with torch.no_grad():
+        live = teacher(batch["images"])["logits"]
+    torch.testing.assert_close(cache.lookup(index, view)["logits"], live, rtol=1e-4, atol=1e-4)
+
+    # The same view in another batch is the same image, bit for bit.
+    alone = builder.view_batch(index[1:2], view[1:2])
+    assert torch.equal(alone["images"][0], batch["images"][1])
+    # Each view is what its parameters say, rebuilt by hand: mixup blends two base views...
+    y = data.train.labels
+    j, w = int(p.partner[v_mix, i_mix]), float(p.weight[v_mix, i_mix])
+    a, b = _expected_base(data, p, v_mix, i_mix), _expected_base(data, p, v_mix, j)
+    torch.testing.assert_close(batch["images"][0], w * a + (1 - w) * b)
+    soft = w * torch.nn.functional.one_hot(y[i_mix], 10) + (1 - w) * (
+        torch.nn.functional.one_hot(y[j], 10)
+    )
+    torch.testing.assert_close(batch["labels"][0], soft.float())
+    # ... cutmix pastes the partner's box, and the label weight is the area kept.
+    j, w = int(p.partner[v_cut, i_cut]), float(p.weight[v_cut, i_cut])
+    y0, y1, x0, x1 = (int(t[v_cut, i_cut]) for t in (p.by0, p.by1, p.bx0, p.bx1))
+    want = _expected_base(data, p, v_cut, i_cut)
+    want[:, y0:y1, x0:x1] = _expected_base(data, p, v_cut, j)[:, y0:y1, x0:x1]
+    torch.testing.assert_close(batch["images"][1], want)
+    assert w == pytest.approx(1 - (y1 - y0) * (x1 - x0) / 784) and 0 < w < 1
+    assert batch["labels"][1, y[i_cut]] >= w - 1e-6
+    torch.testing.assert_close(batch["labels"].sum(1), torch.ones(4))
+    # Without mixing, the same seed gives the same crops, flips and erasures (hard labels).
+    unmixed = BatchBuilder(data.train, data.mean, data.std, ALL_VIEWS[:3], views=3)
+    plain = unmixed.view_batch(index[2:3], view[2:3])
+    torch.testing.assert_close(plain["images"][0], _expected_base(data, p, *erased))
+    assert plain["images"][0].eq(0).any()  # the erased rectangle: the mean pixel
+    assert torch.equal(plain["labels"], y[index[2:3]])
+
+
+def test_view_cache_key_names_teacher_data_recipe_views_and_seed():
+    data = _view_data()
+    base = dict(
+        teacher_sha256="a",
+        data=data,
+        recipe=ViewRecipe(("crop", "flip", "mixup")),
+        views=4,
+        view_seed=0,
+        teacher_flip=False,
+    )
+    digests = {key_digest(image_task.view_cache_key(**base))}
+    for change in (
+        {"views": 8},
+        {"view_seed": 1},
+        {"recipe": ViewRecipe(("crop", "flip"))},
+        {"recipe": ViewRecipe(("crop", "flip", "mixup"), mixup_alpha=0.4)},
+        {"teacher_sha256": "b"},
+        {"teacher_flip": True},
+        {"data": _view_data(n=65)},
+    ):
+        digests.add(key_digest(image_task.view_cache_key(**{**base, **change})))
+    assert len(digests) == 8
+    reordered = {**base, "recipe": ViewRecipe(("mixup", "flip", "crop"))}
+    assert image_task.view_cache_key(**reordered) == image_task.view_cache_key(**base)
+
+
+def test_view_schedule_is_deterministic_and_spreads_every_view():
+    idx = torch.arange(500)
+    for views in (2, 3, 4):
+        for first in (0, 5):  # any V consecutive epochs show every image each view once
+            seen = torch.stack(
+                [view_schedule(0, e, idx, views) for e in range(first, first + views)]
+            )
+            assert torch.equal(seen.sort(0).values, torch.arange(views)[:, None].expand(-1, 500))
+        starts = torch.bincount(view_schedule(0, 0, idx, views), minlength=views)
+        assert starts.min() > 0.7 * 500 / views  # images start at different views
+        assert torch.equal(view_schedule(0, 3, idx, views), view_schedule(0, 3, idx, views))
+    assert not torch.equal(view_schedule(0, 0, idx, 4), view_schedule(1, 0, idx, 4))
+
+    data = _view_data()
+    builder = BatchBuilder(data.train, data.mean, data.std, ALL_VIEWS, views=4, num_classes=10)
+
+    def epoch(e: int, global_seed: int) -> list[dict]:
+        torch.manual_seed(global_seed)  # the global RNG changes nothing
+        loader = make_loader(data.train, data, 32, True, ALL_VIEWS, seed=5, views=4)
+        loader.sampler.set_epoch(e)
+        return list(loader)
+
+    for e in range(2):
+        batches, again = epoch(e, 0), epoch(e, 123)
+        index = torch.cat([b["index"] for b in batches])
+        assert sorted(index.tolist()) == list(range(64))
+        for b, b2 in zip(batches, again, strict=True):
+            assert torch.equal(b["images"], b2["images"]) and torch.equal(b["labels"], b2["labels"])
+            assert torch.equal(b["view"], view_schedule(5, e, b["index"], 4))
+            assert torch.equal(b["images"], builder.view_batch(b["index"], b["view"])["images"])
+    # Prepared by Accelerate, as the loop runs it, and resumed mid-epoch: the same batches.
+    accelerator = make_accelerator()
+    prepared = accelerator.prepare(make_loader(data.train, data, 32, True, ALL_VIEWS, 5, views=4))
+    prepared.set_epoch(1)
+    (resumed,) = accelerator.skip_first_batches(prepared, 1)
+    assert torch.equal(resumed["images"], batches[1]["images"])  # batches: epoch 1's
+    # A plain loader without set_epoch moves on to the next epoch's views by itself.
+    loader = make_loader(data.train, data, 64, True, ALL_VIEWS, seed=5, views=4)
+    (first,), (second,) = list(loader), list(loader)
+    assert torch.equal(first["view"], view_schedule(5, 0, first["index"], 4))
+    assert torch.equal(second["view"], view_schedule(5, 1, second["index"], 4))
+
+
+def test_views_end_to_end_every_method_on_the_same_views(teacher_dir, tmp_path, monkeypatch):
+    seen: dict[str, dict] = {}
+    train = image_task.run_training
+
+    def spy(student, loss, data, recipe, **kw):
+        # The first batch of the loader run_training builds from these arguments.
+        loader = make_loader(
+            data.train, data, kw["batch_size"], True, kw["augment"], kw["seed"],
+            views=kw["views"], view_seed=kw["view_seed"],
+        )  # fmt: skip
+        seen[recipe.name] = {"batch": next(iter(loader)), **kw}
+        return train(student, loss, data, recipe, **kw)
+
+    monkeypatch.setattr(image_task, "run_training", spy)
+    args = [*SMALL, "--teacher", str(teacher_dir), "--epochs", "2", "--student", "tiny"]
+    args += ["--augment", *ALL_VIEWS, "--cache-dir", str(tmp_path / "cache")]
+    distill.main(
+        [*args, "--views", "2", "--methods", "none", "kd", "--out-dir", str(tmp_path / "c")]
+    )
+    none, kd = (load_results(tmp_path / "c" / m / "seed-0") for m in ("none", "kd"))
+    info = kd["extra"]["teacher_cache"]
+    assert info["mode"] == "cache" and info["enabled"] and not info["hit"]
+    assert info["views"] == 2 and info["examples"] == 384 and info["size_bytes"] > 384 * 2 * 40
+    assert info["batches_served"] == kd["budget"]["steps"] == none["budget"]["steps"] == 12
+    assert info["peak_rss_mib"] > 0 and info["seconds"] > 0
+    assert none["extra"]["teacher_cache"]["mode"] == "none"
+    assert none["extra"]["views"] == kd["extra"]["views"] == 2
+    assert kd["extra"]["settings"]["views"] == 2
+
+    # The student alone trains on exactly the distilled student's views, with soft labels.
+    alone, taught = seen["none seed 0"], seen["kd seed 0"]
+    for k in ("views", "view_seed", "augment", "seed", "batch_size"):
+        assert alone[k] == taught[k], k
+    for k in ("images", "labels", "index", "view"):
+        assert torch.equal(alone["batch"][k], taught["batch"][k]), k
+    labels = alone["batch"]["labels"]
+    assert labels.dtype == torch.float32 and labels.shape == (64, 10)
+    assert (labels > 0).sum(1).max() == 2  # mixed views: two labels with their weights
+
+    # The live teacher on the same views trains the same student as the cached logits.
+    distill.main(
+        [*args, "--views", "2", "--methods", "kd", "--no-cache", "--out-dir", str(tmp_path / "l")]
+    )
+    assert (
+        load_results(tmp_path / "l" / "kd" / "seed-0")["extra"]["teacher_cache"]["mode"] == "live"
+    )
+    cached, live = (
+        load_model_dir(tmp_path / d / "kd" / "seed-0" / "model")[0].state_dict() for d in "cl"
+    )
+    for key, value in live.items():
+        assert torch.allclose(value, cached[key], atol=1e-5), key
+    # Other views, another cache file; dkd cannot use mixed labels.
+    distill.main(
+        [
+            *args,
+            "--views",
+            "3",
+            "--epochs",
+            "1",
+            "--methods",
+            "kd",
+            "--out-dir",
+            str(tmp_path / "v3"),
+        ]
+    )
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+    with pytest.raises(ConfigError, match="dkd needs one class label"):
+        distill.main([*args, "--views", "2", "--methods", "dkd", "--out-dir", str(tmp_path / "d")])

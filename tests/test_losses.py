@@ -252,6 +252,26 @@ def test_kd_ce_loss_is_the_alpha_mix():
         kd_ce_loss(s, t, y, alpha=1.5)
 
 
+def test_ce_takes_soft_labels_of_mixed_images():
+    g = torch.Generator().manual_seed(8)
+    s = torch.randn(B, C, generator=g)
+    y, z = torch.randint(0, C, (B,), generator=g), torch.randint(0, C, (B,), generator=g)
+    w = torch.rand(B, generator=g)
+    ce = CrossEntropyTerm()
+    one_hot = F.one_hot(y, C).float()
+    hard = ce({"logits": s}, None, {"labels": y})
+    torch.testing.assert_close(ce({"logits": s}, None, {"labels": one_hot}), hard)
+    # A mixed image's label: its weight on its class, the rest on the partner's class.
+    mixed = w[:, None] * one_hot + (1 - w[:, None]) * F.one_hot(z, C).float()
+    logp = torch.log_softmax(s, -1)
+    by_hand = -(w * logp[torch.arange(B), y] + (1 - w) * logp[torch.arange(B), z]).mean()
+    torch.testing.assert_close(ce({"logits": s}, None, {"labels": mixed}), by_hand)
+    with pytest.raises(ShapeMismatchError, match="one probability per class"):
+        ce({"logits": s}, None, {"labels": torch.rand(B, C + 1)})
+    with pytest.raises(ShapeMismatchError, match="one integer class label"):
+        dkd_loss(s, torch.randn(B, C, generator=g), mixed)
+
+
 def test_dkd_matches_decomposition_by_hand():
     g = torch.Generator().manual_seed(7)
     s, t = torch.randn(B, C, generator=g), torch.randn(B, C, generator=g)

@@ -72,6 +72,11 @@ def dkd_loss(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     s = _as_rows(student_logits) / temperature
     t = _as_rows(teacher_logits).detach() / temperature
+    if labels.is_floating_point():
+        raise ShapeMismatchError(
+            "dkd_loss needs one integer class label per row (it splits the target class from "
+            "the rest); soft labels, e.g. of mixed images, have none: use kd, or no mixup/cutmix"
+        )
     labels = labels.reshape(-1)
     n, c = s.shape
     target = F.one_hot(labels, c).bool()
@@ -101,7 +106,9 @@ def dkd_loss(
 
 @LOSSES.register("ce")
 class CrossEntropyTerm(LossTerm):
-    """Hard-label cross-entropy of the student: the student-alone baseline's loss."""
+    """Hard-label cross-entropy of the student: the student-alone baseline's loss. Float labels
+    with a class axis are soft targets (class probabilities per row), e.g. mixed images'
+    labels: each image's mixing weight times its one-hot label."""
 
     def __init__(
         self, student_key: str = "logits", labels_key: str = "labels", label_smoothing: float = 0.0
@@ -116,9 +123,16 @@ class CrossEntropyTerm(LossTerm):
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Outputs) -> Tensor:
         logits = require(student, self.student_key, "student", "ce")
         labels = require(batch, self.labels_key, "batch", "ce")
-        return F.cross_entropy(
-            _as_rows(logits), labels.reshape(-1), label_smoothing=self.label_smoothing
-        )
+        rows = _as_rows(logits)
+        if labels.is_floating_point():  # soft targets: a probability per class
+            if labels.shape[-1] != rows.shape[-1]:
+                raise ShapeMismatchError(
+                    f"ce: soft labels {tuple(labels.shape)} need one probability per class "
+                    f"({rows.shape[-1]}); give integer class labels or [batch, classes] targets"
+                )
+            targets = labels.reshape(-1, rows.shape[-1])
+            return F.cross_entropy(rows, targets, label_smoothing=self.label_smoothing)
+        return F.cross_entropy(rows, labels.reshape(-1), label_smoothing=self.label_smoothing)
 
 
 @LOSSES.register("kd")

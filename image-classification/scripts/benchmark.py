@@ -6,7 +6,9 @@ the teacher-output cache, and how much faster the student infers. Prints figures
 
 Each training configuration runs in a fresh process (so its peak memory is its own) through
 the shared loop for the same steps on the same batches: the student alone (cross-entropy),
-KD with the live teacher, and KD with a warm cache (built first, untimed). The step time is
+KD with the live teacher, and KD with a warm cache (built first, untimed); with ``--views V``
+also KD from the teacher's logits on V seeded augmented views per image (the view cache, built
+first; the batches are those views, mixed ones included). The step time is
 the median over the timed steps after a warm-up. Teacher and student inference are timed
 side by side in one process: batch-1 latency and batch-256 throughput.
 """
@@ -17,13 +19,23 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+from torch import nn
 
-from common.benchmark import BenchmarkArgs, check_teacher_file, measure_config, run_benchmark
+from common.benchmark import (
+    CONFIGS,
+    BenchmarkArgs,
+    check_teacher_file,
+    measure_config,
+    run_benchmark,
+)
 from common.cli import parse_args, run_main
 from common.io import atomic_write_json
+
+if TYPE_CHECKING:
+    from image_classification.data.images import ImageData
 
 DOMAIN = "image-classification"
 
@@ -45,6 +57,13 @@ class Args(BenchmarkArgs):
     teacher_flip: bool = False
     """Also time the teacher averaged over each image and its mirror image (distill.py
     --teacher-flip) in the same inference process."""
+    views: int = 4
+    """Also time KD from the view cache with this many seeded views per image (crop, flip,
+    erase, mixup, cutmix; distill.py --views); 0: skip it."""
+
+
+VIEW_CONFIG = "kd, view cache"
+VIEW_AUGMENT = ("crop", "flip", "erase", "mixup", "cutmix")
 
 
 def _measure(config: str, args: Args) -> dict[str, Any]:
@@ -74,6 +93,10 @@ def _measure(config: str, args: Args) -> dict[str, Any]:
     s_cfg = ModelConfig.for_data(data, "cnn", args.student, t_cfg.dataset)
     student = build_model(s_cfg)
     loader = make_loader(data.train, data, args.batch_size, shuffle=True, seed=0)
+    if config == VIEW_CONFIG:
+        return _measure_views(
+            args, student, teacher, data, sha256_file(args.teacher / "model.safetensors")
+        )
     return measure_config(
         config,
         student=student,
@@ -103,6 +126,51 @@ def _measure(config: str, args: Args) -> dict[str, Any]:
     )
 
 
+def _measure_views(
+    args: Args, student: nn.Module, teacher: nn.Module, data: ImageData, digest: str
+) -> dict[str, Any]:
+    """KD from the view cache (built first, untimed) on batches of seeded views."""
+    from common.benchmark import time_steps
+    from common.cache import ViewCacheAdapter, load_or_build_views
+    from common.losses import build_loss
+    from image_classification.data.images import BatchBuilder, ViewRecipe, make_loader
+    from image_classification.pipeline import ImageAdapter, view_logits
+    from image_classification.task import view_cache_key
+
+    recipe = ViewRecipe(VIEW_AUGMENT)
+    builder = BatchBuilder(
+        data.train,
+        data.mean,
+        data.std,
+        VIEW_AUGMENT,
+        views=args.views,
+        num_classes=data.num_classes,
+    )
+    cache, stats = load_or_build_views(
+        args.paths(DOMAIN)[0],
+        view_cache_key(digest, data, recipe, args.views, 0, False),
+        examples=len(data.train),
+        views=args.views,
+        specs={"logits": ((data.num_classes,), torch.float32)},
+        compute=lambda start, stop: view_logits(teacher, builder, start, stop),
+    )
+    loader = make_loader(
+        data.train, data, args.batch_size, True, VIEW_AUGMENT, seed=0, views=args.views
+    )
+    timing = time_steps(
+        student=student,
+        teacher=cache,
+        loss=build_loss({"kd": 0.9, "ce": 0.1}, {"kd": {"temperature": 4.0}}),
+        adapter=ViewCacheAdapter(ImageAdapter()),
+        loader=loader,
+        warmup=args.warmup_steps,
+        steps=args.steps,
+        lr=3e-3,
+        weight_decay=5e-4,
+    )
+    return {"config": VIEW_CONFIG, **timing, "cache": stats.to_dict()}
+
+
 def _inference(args: Args) -> dict[str, Any]:
     from image_classification.model_io import build_model, load_model_dir
     from image_classification.pipeline import speed_report
@@ -126,7 +194,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.teacher / "model.safetensors",
         "python -m image_classification.scripts.train_teacher --preset quick",
     )
-    results = run_benchmark(args, _measure, _inference, f"{args.batch_size} images", "img/s")
+    configs = (*CONFIGS, VIEW_CONFIG) if args.views else CONFIGS
+    results = run_benchmark(
+        args, _measure, _inference, f"{args.batch_size} images", "img/s", configs
+    )
+    if args.views:
+        steps = results["steps"]
+        ratio = steps[VIEW_CONFIG]["step_ms_median"] / steps["student alone"]["step_ms_median"]
+        results["ratios"]["kd_view_cache_over_alone"] = ratio
     speed = results["inference"]
     if "teacher_flip_average" in speed:
         t, s = speed["teacher_flip_average"], speed["student"]

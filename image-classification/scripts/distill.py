@@ -17,6 +17,12 @@ on the N labelled images for the same number of steps (more, shorter epochs). Th
 may have been trained with all the labels: this measures how much of what a teacher learned
 from labels the student lacks reaches the student, not KD against a fully labelled student.
 
+``--views V`` (with ``--augment crop flip erase mixup cutmix``, any of them) trains on V seeded
+augmented views per image, one per epoch: the teacher's logits on every view are computed once
+and cached, so teacher and student see the same augmented image (consistent teaching, Beyer et
+al. 2022) at about the student's own cost. Every method, the student alone included, trains on
+those views (mixed views with mixed labels) for the same optimizer steps.
+
 Each run writes ``<out-dir>/<method>/seed-<k>/`` (model/, checkpoints, metrics.jsonl,
 results.json); the comparison goes to ``<out-dir>/summary.json`` and is printed.
 """
@@ -35,6 +41,7 @@ from common.experiment import (
     resolve_methods,
     run_experiment,
 )
+from image_classification.data.images import check_augment
 from image_classification.task import ImageDistillTask
 
 METHODS = method_table(
@@ -85,9 +92,18 @@ class Args(DistillArgs):
     weight_decay: float = 5e-4
     """Weight decay."""
     augment: tuple[str, ...] = ("auto",)
-    """Augmentations from crop, flip; 'auto' picks the dataset's default; 'none' (or no
-    values) turns it off. Off, the transfer set is fixed and teacher outputs are cached (flips
-    alone keep the cache too with --teacher-flip, whose teacher is mirror-invariant)."""
+    """Augmentations from crop, flip (with --views also erase, mixup, cutmix); 'auto' picks
+    the dataset's default; 'none' (or no values) turns it off. Off, the transfer set is fixed
+    and teacher outputs are cached (flips alone keep the cache too with --teacher-flip, whose
+    teacher is mirror-invariant); with --views the teacher's logits on every view are."""
+    views: int = 0
+    """Seeded augmented views per training image (consistent teaching): each epoch an image
+    shows one of its V views, all V over any V epochs; the teacher's logits on every view are
+    cached once and every method trains on exactly those images (mixup/cutmix views with
+    mixed labels, the student alone too). 0: augmentation drawn afresh for every batch."""
+    view_seed: int = 0
+    """Seed of the views' augmentation (crop offsets, flips, erased boxes, mixing partners and
+    weights), shared by every method and seed so that one view cache serves them all."""
     hint_pair: str = "stage2:layer2"
     """fitnet layer pair student:teacher (middle of each network, as in FitNets); the student
     map is pooled to the teacher's resolution before the 1x1-conv regressor."""
@@ -139,6 +155,7 @@ PRESETS = {"quick": QUICK, "full": FULL}
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(Args, argv, PRESETS)
     check_runtime(args)
+    check_augment(args.augment, args.views)
     methods = resolve_methods(args.methods, METHODS, args.loss, args.loss_option)
     return run_experiment(lambda: ImageDistillTask(args), methods, args)
 
