@@ -379,8 +379,8 @@ def plot_curves(s: DomainSummary, path: Path) -> bool:
     if s.teacher_score is not None:
         ax.axhline(s.teacher_score, color="0.3", lw=0.8, ls=":", label="teacher (test)")
     ax.set_xlabel("environment steps" if x_names == {"env_steps"} else "optimizer steps")
-    ax.set_ylabel(f"validation {s.metric.split('/', 1)[-1]}")
-    ax.set_title(f"{s.title}: learning curves (mean ± std over seeds)")
+    ax.set_ylabel(f"validation {s.metric.split('/', 1)[-1].removesuffix('_mean')}")
+    ax.set_title(f"{s.title}\nlearning curves, mean ± std over seeds", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
