@@ -81,6 +81,20 @@ def _table(g: torch.Generator) -> dict[str, tuple[dict, dict, dict | None, dict]
         ),
         "dist": ({}, {"logits": r(B, C)}, {"logits": r(B, C)}, {}),
         "lskd": ({}, {"logits": r(B, C)}, {"logits": r(B, C)}, {}),
+        # Relational terms: any widths, 4-D maps pooled (sp flattens them).
+        "rkd": (
+            {"student_key": "hint", "teacher_key": "hint"},
+            {"hint": r(B, 3, 4, 4)},
+            {"hint": r(B, 7, 2, 2)},
+            {},
+        ),
+        "pkt": ({}, {"logits": r(B, C)}, {"logits": r(B, 2 * C)}, {}),
+        "sp": (
+            {"student_key": "hint", "teacher_key": "hint"},
+            {"hint": r(B, 3, 4, 4)},
+            {"hint": r(B, 5, 2, 2)},
+            {},
+        ),
     }
 
 
@@ -589,3 +603,89 @@ def test_dist_and_lskd_reject_bad_options(name, options, match):
     s = torch.zeros(2, 3)
     with pytest.raises(ConfigError, match=match):
         (dist_loss if name == "dist" else lskd_loss)(s, s, **options)
+
+
+# Relational losses against plain numpy (the papers' formulas, written out loop by loop).
+
+
+def _np_huber(a, b):
+    d = np.abs(a - b)
+    return float(np.mean(np.where(d < 1.0, 0.5 * d**2, d - 0.5)))
+
+
+def _np_rkd_distance(s, t):
+    def norm_dist(e):
+        n = len(e)
+        d = np.array([[np.linalg.norm(e[i] - e[j]) for j in range(n)] for i in range(n)])
+        return d / d[~np.eye(n, dtype=bool)].mean()
+
+    return _np_huber(norm_dist(s), norm_dist(t))
+
+
+def _np_rkd_angle(s, t):
+    def cosines(e):
+        n, out = len(e), []
+        for j in range(n):
+            for i in range(n):
+                for k in range(n):
+                    u, v = e[i] - e[j], e[k] - e[j]
+                    nu, nv = np.linalg.norm(u), np.linalg.norm(v)
+                    u = u / max(nu, 1e-12)
+                    v = v / max(nv, 1e-12)
+                    out.append(float(u @ v))
+        return np.array(out)
+
+    return _np_huber(cosines(s), cosines(t))
+
+
+def _np_pkt(s, t, eps=1e-7):
+    def cond(e):
+        e = e / np.linalg.norm(e, axis=1, keepdims=True)
+        sim = (e @ e.T + 1) / 2
+        return sim / sim.sum(1, keepdims=True)
+
+    p, q = cond(s), cond(t)
+    return float((q * np.log((q + eps) / (p + eps))).sum())
+
+
+def _np_sp(s, t):
+    def gram(e):
+        g = e @ e.T
+        return g / np.linalg.norm(g, axis=1, keepdims=True)
+
+    return float(((gram(s) - gram(t)) ** 2).sum() / len(s) ** 2)
+
+
+def test_relational_losses_match_numpy_references():
+    from common.losses import pkt_loss, rkd_angle_loss, rkd_distance_loss, sp_loss
+
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(6, 5, generator=g), torch.randn(6, 9, generator=g)
+    sn, tn = s.double().numpy(), t.double().numpy()
+    assert rkd_distance_loss(s, t).item() == pytest.approx(_np_rkd_distance(sn, tn), rel=1e-4)
+    assert rkd_angle_loss(s, t).item() == pytest.approx(_np_rkd_angle(sn, tn), rel=1e-4)
+    assert pkt_loss(s, t).item() == pytest.approx(_np_pkt(sn, tn), rel=1e-4)
+    assert sp_loss(s, t).item() == pytest.approx(_np_sp(sn, tn), rel=1e-4)
+    # 4-D maps: rkd/pkt pool them to [B, C], sp flattens them.
+    maps = torch.randn(6, 3, 2, 2, generator=g)
+    pooled = maps.mean(dim=(2, 3)).double().numpy()
+    assert pkt_loss(maps, t).item() == pytest.approx(_np_pkt(pooled, tn), rel=1e-4)
+    flat = maps.reshape(6, -1).double().numpy()
+    assert sp_loss(maps, t).item() == pytest.approx(_np_sp(flat, tn), rel=1e-4)
+
+
+def test_relational_losses_ignore_what_relations_do_not_see():
+    """RKD is invariant to rotating, shifting and scaling an embedding; SP and PKT to a
+    rotation of the feature space: a teacher so transformed is matched exactly."""
+    from common.losses import pkt_loss, rkd_angle_loss, rkd_distance_loss, sp_loss
+
+    g = torch.Generator().manual_seed(4)
+    s = torch.randn(8, 6, generator=g, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    moved = 3.0 * s @ q + 1.5
+    assert rkd_distance_loss(s, moved).item() == pytest.approx(0.0, abs=1e-6)
+    assert rkd_angle_loss(s, moved).item() == pytest.approx(0.0, abs=1e-6)
+    assert sp_loss(s, s @ q).item() == pytest.approx(0.0, abs=1e-6)
+    assert pkt_loss(s, s @ q).item() == pytest.approx(0.0, abs=1e-5)
+    with pytest.raises(ShapeMismatchError, match="batches need >= 2"):
+        rkd_distance_loss(s[:1], s[:1])

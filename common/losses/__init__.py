@@ -30,6 +30,15 @@ from common.losses.registry import (
     build_loss,
     parse_loss_spec,
 )
+from common.losses.relational import (
+    PKTTerm,
+    RKDTerm,
+    SPTerm,
+    pkt_loss,
+    rkd_angle_loss,
+    rkd_distance_loss,
+    sp_loss,
+)
 
 __all__ = [
     "LOSSES",
@@ -45,9 +54,12 @@ __all__ = [
     "LSKDTerm",
     "LossOutput",
     "LossTerm",
+    "PKTTerm",
     "PolicyDistillationTerm",
+    "RKDTerm",
     "Reads",
     "Registry",
+    "SPTerm",
     "attention_kl_loss",
     "attention_loss",
     "attention_map",
@@ -62,6 +74,10 @@ __all__ = [
     "make_regressor",
     "parse_loss_spec",
     "pearson_rows",
+    "pkt_loss",
     "policy_distillation_loss",
+    "rkd_angle_loss",
+    "rkd_distance_loss",
+    "sp_loss",
     "standardize_logits",
 ]
