@@ -202,7 +202,7 @@ ENV_TABLE: dict[str, EnvSettings] = {
             max_grad_norm=1.0,
             vf_coef=0.871923,
         ),
-        student_hidden=(32,),
+        student_hidden=(16,),
         rounds=10,
         steps_per_round=5_000,
     ),
