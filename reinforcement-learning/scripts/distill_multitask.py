@@ -2,6 +2,7 @@
 
     python -m reinforcement_learning.scripts.distill_multitask --preset quick
     python -m reinforcement_learning.scripts.distill_multitask --preset full
+    python -m reinforcement_learning.scripts.distill_multitask --preset mujoco
     python -m reinforcement_learning.scripts.distill_multitask --method dagger --seeds 3 \\
         --tasks CartPole-v1=runs/a/model Acrobot-v1=runs/b/model Pendulum-v1=runs/c/model
 
@@ -114,7 +115,17 @@ FULL = Args(
     buffer_size=200_000,
     out_dir=Path("runs/full/reinforcement-learning/multitask"),
 )
-PRESETS = {"quick": QUICK, "full": FULL}
+# MuJoCo: the three locomotion teachers (train_teacher.py --env-id ENV, full run root), DAgger.
+MUJOCO = Args(
+    tasks=_teachers(
+        "runs/full/reinforcement-learning", ("Hopper-v5", "Walker2d-v5", "HalfCheetah-v5")
+    ),
+    method="dagger",
+    seeds=3,
+    train_steps_per_round=500,
+    out_dir=Path("runs/full/reinforcement-learning/multitask-mujoco"),
+)
+PRESETS = {"quick": QUICK, "full": FULL, "mujoco": MUJOCO}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
