@@ -259,6 +259,31 @@ def _numeric_means(results: Sequence[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def _budget_size(r: dict[str, Any]) -> tuple[str, int] | None:
+    budget = r.get("budget") or {}
+    for key in ("env_steps", "steps"):
+        if isinstance(budget.get(key), int | float):
+            return key.replace("_", " "), int(budget[key])
+    return None
+
+
+def _rows_by_budget(runs: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Runs per method; a method run with several budgets (e.g. the PPO baseline for the
+    distillation budget and for 1M steps) gives one row per budget: the budget with the most
+    runs (the smallest on a tie) keeps the method's name, the others are named
+    ``"<method> @ <n> <unit>"``, so runs of different budgets never average together."""
+    by_method: dict[str, dict[tuple[str, int] | None, list[dict[str, Any]]]] = {}
+    for r in runs:
+        by_method.setdefault(r["method"], {}).setdefault(_budget_size(r), []).append(r)
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for method, by_budget in by_method.items():
+        ordered = sorted(by_budget.items(), key=lambda kv: (-len(kv[1]), kv[0][1] if kv[0] else 0))
+        for i, (size, rs) in enumerate(ordered):
+            label = f"{size[1]:,} {size[0]}" if size else "another budget"
+            rows[method if i == 0 else f"{method} @ {label}"] = rs
+    return rows
+
+
 def summarize(results: Sequence[dict[str, Any]]) -> list[GroupSummary]:
     """Group student runs by (domain, dataset, teacher, student) and summarise each group;
     teacher runs (role "teacher") only lend their training time."""
@@ -277,10 +302,7 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[GroupSummary]:
     for (domain, dataset, t_name, s_name), runs in sorted(groups.items()):
         first = runs[0]
         metric = first["metrics"]["primary"]
-        by_method: dict[str, list[dict[str, Any]]] = {}
-        for r in runs:
-            if r["metrics"]["primary"] == metric:
-                by_method.setdefault(r["method"], []).append(r)
+        by_method = _rows_by_budget([r for r in runs if r["metrics"]["primary"] == metric])
         teacher = first.get("teacher") or {}
         t_speed = teacher.get("speed") or {}
         rows = {}

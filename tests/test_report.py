@@ -20,7 +20,7 @@ STUDENT_SPEED = {"latency_b1_ms": 1.0, "throughput": 800.0, "batch": 256, "unit"
 
 def write_run(
     root, domain, method, seed, score, metric="test/accuracy", teacher=TEACHER, extra=None,
-    student=None,
+    student=None, budget=None,
 ):  # fmt: skip
     student = student or {"name": "small", "params": 50}
     run = root / domain / student["name"] / method / f"seed-{seed}"
@@ -35,7 +35,7 @@ def write_run(
             teacher=teacher,
             student={**student, "speed": STUDENT_SPEED},
             metrics=make_metrics({metric: score}, metric),
-            budget={"epochs": 2, "steps": 10},
+            budget=budget or {"epochs": 2, "steps": 10},
             wall_time_s=3.0,
             extra=extra or {},
         ),
@@ -220,3 +220,20 @@ def test_steps_until_a_curve_keeps_95_percent_of_the_teacher(tmp_path):
     assert (
         "keeps 95% of the teacher's score, per seed: `dagger` 10,000, never" in report.read_text()
     )
+
+
+def test_runs_of_one_method_with_other_budgets_are_never_averaged(tmp_path):
+    """The PPO baseline run for the distillation budget (3 seeds) and again for 1M steps (one
+    seed) stay two rows: the budget with more runs keeps the name 'none'."""
+    teacher = {**TEACHER, "score": 1000.0, "floor": 0.0}
+    for seed, score in enumerate((100.0, 120.0, 110.0)):
+        write_run(tmp_path / "a", "reinforcement-learning", "none", seed, score,
+                  "test/return_mean", teacher, budget={"env_steps": 51_200})  # fmt: skip
+        write_run(tmp_path / "a", "reinforcement-learning", "dagger", seed, 990.0,
+                  "test/return_mean", teacher, budget={"env_steps": 50_000})  # fmt: skip
+    write_run(tmp_path / "b", "reinforcement-learning", "none", 0, 900.0, "test/return_mean",
+              teacher, budget={"env_steps": 1_001_472})  # fmt: skip
+    (s,) = summarize(load_all([tmp_path / "a", tmp_path / "b"])[0])
+    assert set(s.rows) == {"none", "none @ 1,001,472 env steps", "dagger"}
+    assert s.baseline().scores == [100.0, 120.0, 110.0]
+    assert s.rows["none @ 1,001,472 env steps"].scores == [900.0]
