@@ -159,10 +159,21 @@ def train(
     )
     state = loop.run()
     trained = loop.student
-    best = recipe.run_dir / "checkpoints" / "best.safetensors"
-    if recipe.select_best and best.is_file():
-        try:
-            load_model(trained, str(best))
-        except SafetensorError as err:
-            print(f"warning: {best} is unreadable ({err}); keeping the last weights")
+    if recipe.select_best:
+        load_best(trained, recipe.run_dir)
     return trained.eval(), state
+
+
+def load_best(model: nn.Module, run_dir: Path) -> bool:
+    """Load ``run_dir/checkpoints/best.safetensors`` (the student at its best validation,
+    kept by the checkpoint callback) into ``model``; False, keeping the last weights, when
+    there is none or it is unreadable (said on stdout)."""
+    best = run_dir / "checkpoints" / "best.safetensors"
+    if not best.is_file():
+        return False
+    try:
+        load_model(model, str(best))
+    except SafetensorError as err:
+        print(f"warning: {best} is unreadable ({err}); keeping the last weights")
+        return False
+    return True

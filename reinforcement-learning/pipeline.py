@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from common.losses import CombinedLoss
 from common.metrics import count_flops, count_parameters, model_size_bytes, speed_profile
-from common.recipe import Recipe, standard_callbacks
+from common.recipe import Recipe, load_best, standard_callbacks
 from common.training import (
     DistillationLoop,
     LoopConfig,
@@ -140,6 +140,9 @@ class DistillSpec:
     """Resume from the run's last checkpoint (off: delete its checkpoints, start afresh)."""
     checkpoint_every: int | None = 200
     """Optimizer steps between checkpoints (also one after every round); None: per round."""
+    select_best: bool = False
+    """End with the student of the round whose validation return was best (needs
+    checkpoints: ``settings``), not the last round's."""
 
 
 @dataclass
@@ -179,7 +182,10 @@ def run_distillation(
         state = loop.run()
     finally:
         collector.close()  # with subproc: its worker processes too
-    trained = loop.student.eval()
+    trained = loop.student
+    if run.select_best and run.settings is not None:
+        load_best(trained, run.run_dir)
+    trained.eval()
     assert isinstance(trained, CompactPolicy)
     return DistillRun(
         trained, state, batches.history, collector.env_steps, time.perf_counter() - start
@@ -285,6 +291,9 @@ class BaselineCurve(BaseCallback):
         self.path, self.every, self.env_id, self.spec = Path(path), every, env_id, spec
         self.hidden, self.episodes = hidden, episodes
         self.next, self.points = every, 0
+        self.best: tuple[float, CompactPolicy, ObsNormalization] | None = None
+        """The best point so far: (val return, the actor as a compact policy, its
+        observation statistics); the first of equal returns."""
 
     def _on_training_start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -305,13 +314,15 @@ class BaselineCurve(BaseCallback):
     def record(self) -> None:
         venv = self.model.get_env()
         with global_rng_kept():
-            student = actor_to_compact(
-                self.model.policy, self.hidden, self.spec, ObsNormalization.from_vecnormalize(venv)
-            )
+            normalization = ObsNormalization.from_vecnormalize(venv)
+            student = actor_to_compact(self.model.policy, self.hidden, self.spec, normalization)
             metrics, _ = evaluate_returns(
                 student, self.env_id, self.spec, self.episodes, VAL_SEED, "val"
             )
         self.points += 1
+        value = metrics["val/return_mean"]
+        if self.best is None or value > self.best[0]:
+            self.best = (value, student, normalization)
         event = {
             "event": "epoch",
             "epoch": self.points,
@@ -334,12 +345,15 @@ def train_baseline(
     name: str,
     curve_every: int | None = None,
     val_episodes: int = 5,
-) -> tuple[CompactPolicy, PPORun]:
+    select_best: bool = False,
+) -> tuple[CompactPolicy, PPORun, ObsNormalization]:
     """The honest baseline: the student's architecture as PPO's actor, trained from scratch
     with the teacher's tuned hyperparameters (a full-size critic, which is not deployed) for
     the environment steps distillation used, with its own observation statistics. With
     ``curve_every``, its learning curve goes to ``run_dir/metrics.jsonl``
-    (:class:`BaselineCurve`)."""
+    (:class:`BaselineCurve`); with ``select_best`` too, the actor of its best curve point is
+    returned (as distillation's best round is), not the last. Returns the policy, the PPO run
+    and the policy's observation statistics."""
     curve = []
     if curve_every:
         path = run_dir / "metrics.jsonl"
@@ -347,7 +361,11 @@ def train_baseline(
     run = train_ppo(
         env_id, hp, env_steps, seed, run_dir / "sb3", actor=hidden, desc=name, callbacks=curve
     )
-    return actor_to_compact(run.model.policy, hidden, spec, run.normalization), run
+    if select_best and curve and curve[0].best is not None:
+        _, best, normalization = curve[0].best
+        return best, run, normalization
+    normalization = run.normalization
+    return actor_to_compact(run.model.policy, hidden, spec, normalization), run, normalization
 
 
 def _on_cpu(model: nn.Module) -> nn.Module:

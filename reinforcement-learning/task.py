@@ -185,12 +185,13 @@ class PolicyDistillTask:
 
     def _baseline(self, seed: int, run_dir: Path) -> tuple:
         # Its learning curve on the points where distillation evaluates (after each round).
-        student, ppo = train_baseline(
+        student, ppo, normalization = train_baseline(
             self.args.env_id, self.ppo_hp, self.env_steps, self.hidden, self.spec, seed, run_dir,
             f"none seed {seed}", self.env_steps // self.rounds, self.args.val_episodes,
+            self.args.select_best,
         )  # fmt: skip
         loss = {"weights": {"ppo": 1.0}, "options": {"ppo": asdict(self.ppo_hp)}}
-        return student, ppo.budget(), {"train_time_s": ppo.seconds}, loss, ppo.normalization, None
+        return student, ppo.budget(), {"train_time_s": ppo.seconds}, loss, normalization, None
 
     def _distill(self, method: Method, seed: int, run_dir: Path, settings: dict) -> tuple:
         args = self.args
@@ -223,6 +224,7 @@ class PolicyDistillTask:
                 settings=settings,
                 resume=args.resume,
                 checkpoint_every=args.checkpoint_every,
+                select_best=args.select_best,
             ),
         )
         budget = {

@@ -104,6 +104,10 @@ class Args(DistillArgs):
     """Seeded test episodes (greedy actions) per policy: the reported mean ± std return."""
     val_episodes: int = 5
     """Validation episodes after each round (learning curve in metrics.jsonl)."""
+    select_best: bool = False
+    """End each run with its student of the best validation round (val episodes, never the
+    test seeds), not the last round's; the PPO baseline then ends with the best point of its
+    learning curve, on the same validation episodes."""
     run_root: Path = Path("runs/reinforcement-learning")
     """Unset --teacher: <run-root>/<env-id>/teacher/model; unset --out-dir:
     <run-root>/<env-id>/distill."""
@@ -115,12 +119,14 @@ class Args(DistillArgs):
 QUICK = Args(
     rounds=3, steps_per_round=1000, seeds=3, run_root=Path("runs/quick/reinforcement-learning")
 )
-# Full: LunarLander-v3, 20 rounds of 10k steps; --env-id for the other tasks.
+# Full: LunarLander-v3, 20 rounds of 10k steps, each run ending with its best validation
+# round (the baseline: its best curve point); --env-id for the other tasks.
 FULL = Args(
     env_id="LunarLander-v3",
     seeds=3,
     train_steps_per_round=500,
     buffer_size=200_000,
+    select_best=True,
     run_root=Path("runs/full/reinforcement-learning"),
 )
 PRESETS = {"quick": QUICK, "full": FULL}
