@@ -98,6 +98,37 @@ class ProgressBar(Callback):
             self.bar = None
 
 
+class KeepBest(Callback):
+    """Keeps a copy of the student's weights (on the CPU) whenever the evaluation that just
+    ran is the best so far (``loop.state.best`` names the current step): a run without
+    checkpoints (no ``best.safetensors``) can end with its best validation weights. Put it
+    after :class:`EvaluateCallback`; after the loop, :meth:`restore` loads them."""
+
+    def __init__(self) -> None:
+        self.weights: dict[str, torch.Tensor] | None = None
+        self.step: int | None = None
+
+    def _take(self, loop: DistillationLoop) -> None:
+        step = loop.state.step
+        if loop.state.best.get("step") == step and self.step != step:
+            state = loop.student.state_dict()
+            self.weights = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+            self.step = step
+
+    def on_epoch_end(self, loop: DistillationLoop) -> None:
+        self._take(loop)
+
+    def on_train_end(self, loop: DistillationLoop) -> None:
+        self._take(loop)
+
+    def restore(self, model: nn.Module) -> bool:
+        """Load the kept weights into ``model``; False when no evaluation was ever best."""
+        if self.weights is None:
+            return False
+        model.load_state_dict(self.weights)
+        return True
+
+
 class EvaluateCallback(Callback):
     """Run ``evaluate(student)`` after every ``every_epochs`` epochs and at the end.
 

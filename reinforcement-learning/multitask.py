@@ -20,6 +20,7 @@ import torch
 from accelerate.utils import set_seed
 from torch import Tensor, nn
 
+from common.callbacks import KeepBest
 from common.errors import ConfigError
 from common.experiment import Method
 from common.io import atomic_write_json, sha256_file
@@ -346,6 +347,7 @@ def train_student(
         checkpoints=False,
         tensorboard=False,
     )
+    keep_best = KeepBest()
     loop = DistillationLoop(
         student=student,
         teacher=nn.ModuleDict({str(i): s.teacher.policy for i, s in enumerate(setups)}),
@@ -357,12 +359,17 @@ def train_student(
             mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum
         ),
         config=LoopConfig(epochs=rounds),
-        callbacks=standard_callbacks(recipe, validation(setups, args.val_episodes, batches), None),
+        callbacks=[
+            *standard_callbacks(recipe, validation(setups, args.val_episodes, batches), None),
+            *([keep_best] if args.select_best else []),
+        ],
     )
     try:
         state = loop.run()
     finally:
         batches.close()
+    if args.select_best:  # the round whose worst task kept the most of its teacher
+        keep_best.restore(student)
     return state, batches
 
 

@@ -201,3 +201,30 @@ def test_progress_prints_an_evaluation_only_when_one_ran(capsys):
     make_loop(None, epochs=4, callbacks=[evaluate, ProgressBar("toy")]).run()
     printed = [line for line in capsys.readouterr().out.splitlines() if "val/accuracy" in line]
     assert [line.split(":")[0] for line in printed] == ["toy epoch 2", "toy epoch 4"]
+
+
+def test_keep_best_restores_the_weights_of_the_best_evaluation():
+    """KeepBest (runs without checkpoints) copies the student at each new best evaluation;
+    restore() gives back exactly the weights of the best epoch, not the last one's."""
+    from common.callbacks import KeepBest
+
+    scores = iter([0.2, 0.9, 0.5, 0.9])  # epoch 2 is the best; epoch 4 only ties it
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def evaluate(model):
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"val/score": next(scores)}
+
+    keep = KeepBest()
+    loop = make_loop(
+        None, epochs=4, callbacks=[EvaluateCallback(evaluate, monitor="val/score"), keep]
+    )
+    loop.run()
+    assert len(seen) == 4 and keep.step == loop.state.best["step"]
+    last = {k: v.clone() for k, v in loop.student.state_dict().items()}
+    assert keep.restore(loop.student)
+    restored = loop.student.state_dict()
+    for k in restored:
+        torch.testing.assert_close(restored[k], seen[1][k], rtol=0, atol=0)
+    assert any(not torch.equal(restored[k], last[k]) for k in restored)
+    assert not KeepBest().restore(loop.student)  # nothing kept: nothing loaded

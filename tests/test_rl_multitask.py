@@ -17,7 +17,7 @@ from common.errors import CheckpointError, ConfigError, DistilleryError, ShapeMi
 from common.losses import build_loss
 from common.metrics import count_parameters
 from reinforcement_learning import multitask
-from reinforcement_learning.envs import TEST_SEED, EnvError, run_episodes
+from reinforcement_learning.envs import TEST_SEED, VAL_SEED, EnvError, run_episodes
 from reinforcement_learning.model_io import PolicyConfig, SB3Predictor, save_policy_dir
 from reinforcement_learning.normalization import ObsNormalization
 from reinforcement_learning.pipeline import evaluate_returns
@@ -225,6 +225,24 @@ def test_three_teachers_into_one_student_end_to_end(teachers, tmp_path, capsys):
     again = distill_multitask.main(argv)
     assert "seed 0: finished before with the same settings; reused" in capsys.readouterr().out
     assert again["tasks"]["CartPole-v1"]["return"] == task["return"]
+
+
+def test_select_best_ends_with_the_round_whose_worst_task_kept_most(teachers, tmp_path):
+    """--select-best: the saved student plays every task's validation episodes exactly as in
+    the round with the best val/kept_min (the first of equals), not the last round."""
+    argv = [*TINY, *_task_args(teachers), "--rounds", "4", "--val-episodes", "2",
+            "--select-best", "--out-dir", str(tmp_path)]  # fmt: skip
+    distill_multitask.main(argv)
+    lines = (tmp_path / "seed-0" / "metrics.jsonl").read_text().splitlines()
+    epochs = [x for x in map(json.loads, lines) if x["event"] == "epoch"]
+    assert len(epochs) >= 4
+    best = max(epochs, key=lambda x: x["val/kept_min"])  # max() keeps the first of equals
+    student = MultiTaskStudent.load(tmp_path / "seed-0" / "model")
+    for env_id in teachers:
+        val = run_episodes(
+            lambda o, t=env_id: np.asarray(student.predict(o, t)), env_id, 2, VAL_SEED
+        )
+        assert val.mean == pytest.approx(best[f"val/{env_id}/return"]), env_id
 
 
 def test_task_view_evaluates_with_the_single_task_helpers(teachers):

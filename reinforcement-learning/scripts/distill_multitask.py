@@ -85,6 +85,9 @@ class Args(RuntimeArgs):
     """Seeded test episodes (greedy actions) per task: the reported mean ± std return."""
     val_episodes: int = 5
     """Validation episodes per task after each round (learning curve in metrics.jsonl)."""
+    select_best: bool = False
+    """End with the student of the round whose worst task kept the most of its teacher on the
+    validation episodes (never the test seeds), not the last round's."""
     seeds: int = 1
     """Seeds (seed_start, seed_start + 1, ...); the summary reports mean and std per task."""
     seed_start: int = 0
@@ -113,6 +116,7 @@ FULL = Args(
     seeds=3,
     train_steps_per_round=500,
     buffer_size=200_000,
+    select_best=True,
     out_dir=Path("runs/full/reinforcement-learning/multitask"),
 )
 # MuJoCo: the three locomotion teachers (train_teacher.py --env-id ENV, full run root), DAgger.
@@ -123,6 +127,7 @@ MUJOCO = Args(
     method="dagger",
     seeds=3,
     train_steps_per_round=500,
+    select_best=True,
     out_dir=Path("runs/full/reinforcement-learning/multitask-mujoco"),
 )
 PRESETS = {"quick": QUICK, "full": FULL, "mujoco": MUJOCO}
