@@ -55,6 +55,15 @@ from image_classification.pipeline import (
     speed_report,
     view_logits,
 )
+from image_classification.teacher_model.external import (
+    LoadedTeacher,
+    TeacherSpec,
+    is_teacher_spec,
+    load_external_teacher,
+    load_teacher_spec,
+    read_spec_weights,
+    resolve_builder,
+)
 from image_classification.teacher_model.resnet import flip_averaged
 
 BATCH_KEYS = frozenset({"images", "labels", "index"})
@@ -63,6 +72,11 @@ LIVE_AUGMENT_REASON = f"{AUGMENTATION_REASON}; --views V caches V seeded views p
 VIEW_TAPS_REASON = (
     "the view cache holds logits only (feature maps of every view of every image would take V "
     "times the maps of the whole training set); the live teacher sees the same views"
+)
+EXTERNAL_TAPS_REASON = (
+    "reads the teacher's feature maps, and the teacher of {spec} has none ({arch} has no "
+    'layer1..layer4 and the spec names no "taps"). Use a logit method (kd, dkd, dist, lskd), '
+    'or name the modules to tap in the spec, e.g. "taps": {{"layer2": "features.4"}}'
 )
 VIEW_SETTINGS = ("views", "view_seed")
 """Recorded in a run's settings only with --views > 0, so runs without views keep the
@@ -145,6 +159,31 @@ def teacher_labelled(
     return Split(data.train.images, labels)
 
 
+def _images_key(
+    teacher_sha256: str,
+    data: ImageData,
+    teacher_flip: bool,
+    outputs: frozenset[str],
+    **preprocessing: Any,
+) -> dict[str, Any]:
+    """A cache key for the teacher's outputs on the training images: the teacher (the weights
+    file's sha256 for a teacher folder; for a teacher spec the digest of its identity), the
+    images, their normalisation, ``preprocessing`` and whether the teacher is mirror-averaged
+    (recorded only when set, so single-view caches written before the option keep their key)."""
+    return cache_key(
+        teacher_sha256=teacher_sha256,
+        data_sha256=fingerprint(data.train.images),
+        preprocessing={
+            "mean": data.mean,
+            "std": data.std,
+            "shape": data.shape,
+            **preprocessing,
+            **({"teacher_flip": True} if teacher_flip else {}),
+        },
+        outputs=sorted(outputs),
+    )
+
+
 def view_cache_key(
     teacher_sha256: str,
     data: ImageData,
@@ -157,20 +196,17 @@ def view_cache_key(
     """What the teacher's outputs on the seeded views depend on: the teacher (and whether it is
     mirror-averaged), the training images, their normalisation, the augmentation recipe (names
     and parameters), the number of views and the view seed. Any change is another file."""
-    return cache_key(
-        teacher_sha256=teacher_sha256,
-        data_sha256=fingerprint(data.train.images),
-        preprocessing={
-            "mean": data.mean,
-            "std": data.std,
-            "shape": data.shape,
-            "views": views,
-            "view_seed": view_seed,
-            "recipe": recipe.describe(),
-            **({"teacher_flip": True} if teacher_flip else {}),
-        },
-        outputs=sorted(outputs),
-    )
+    return _images_key(
+        teacher_sha256, data, teacher_flip, outputs,
+        views=views, view_seed=view_seed, recipe=recipe.describe(),
+    )  # fmt: skip
+
+
+def train_cache_key(
+    teacher_sha256: str, data: ImageData, teacher_flip: bool, outputs: frozenset[str]
+) -> dict[str, Any]:
+    """What the teacher's outputs on the (unaugmented) training images depend on."""
+    return _images_key(teacher_sha256, data, teacher_flip, outputs, augment=[])
 
 
 def load_teacher(args: Any) -> tuple[nn.Module, ModelConfig, str]:
@@ -213,6 +249,37 @@ def load_distill_data(args: Any, t_cfg: ModelConfig, dataset: str) -> ImageData:
     return data
 
 
+def open_teacher_spec(args: Any) -> tuple[TeacherSpec, tuple, str]:
+    """A teacher spec (``--teacher spec.json``), checked before any data is read: the spec,
+    its weights (read, not unpickled) and the dataset to distil on."""
+    spec = load_teacher_spec(args.teacher)
+    resolve_builder(spec)  # unknown torchvision names, factories that do not import
+    weights = read_spec_weights(spec)
+    dataset = args.dataset or spec.dataset
+    if dataset is None:
+        raise ConfigError(
+            f"teacher spec {args.teacher} does not say which dataset it was trained for: pass "
+            '--dataset NAME, or add "dataset": "fashion-mnist" (or another) to the spec'
+        )
+    return spec, weights, dataset
+
+
+def load_external(
+    args: Any, spec: TeacherSpec, weights: tuple, dataset: str
+) -> tuple[ImageData, LoadedTeacher]:
+    """The dataset at its own normalisation (the student's) and the spec's teacher, wrapped to
+    convert those images to what it declares, probed with one batch."""
+    data = load_dataset(
+        dataset,
+        args.data_dir,
+        val_size=args.val_size or 5000,
+        max_train=args.max_train,
+        max_test=args.max_test,
+    )
+    loaded = load_external_teacher(spec, data.shape, data.mean, data.std, data.classes, weights)
+    return data, loaded
+
+
 class ImageDistillTask:
     """A ResNet teacher distilled into small CNNs (see :class:`common.experiment.DistillTask`)."""
 
@@ -220,14 +287,26 @@ class ImageDistillTask:
 
     def __init__(self, args: Any) -> None:
         self.args = args
-        self.teacher_model, t_cfg, self.dataset = load_teacher(args)
+        self.external: LoadedTeacher | None = None
+        if is_teacher_spec(args.teacher):
+            spec, weights, self.dataset = open_teacher_spec(args)
+        else:
+            self.teacher_model, t_cfg, self.dataset = load_teacher(args)
         self.augment = augment = resolve_augment(args.augment, self.dataset)
         self.views = args.views
         check_augment(augment or ("none",), self.views)  # 'auto' resolved: empty for folders
         self.recipe = ViewRecipe(augment) if self.views else None
-        self.data = load_distill_data(args, t_cfg, self.dataset)
+        if is_teacher_spec(args.teacher):
+            self.data, self.external = load_external(args, spec, weights, self.dataset)
+            self.teacher_model = self.external.model
+            if args.teacher_flip:
+                self.teacher_model = flip_averaged(self.teacher_model, self.dataset)
+            self.digest, teacher_name = self.external.digest, spec.name
+        else:
+            self.data = load_distill_data(args, t_cfg, self.dataset)
+            self.digest = sha256_file(args.teacher / "model.safetensors")
+            teacher_name = f"{t_cfg.arch}-{t_cfg.stem}"
         data = self.data
-        self.digest = sha256_file(args.teacher / "model.safetensors")
         self.labelled = labelled_subset(len(data.train), args.labelled)
         self.val_loader = make_loader(data.val, data, 512, shuffle=False)
         self.test_loader = make_loader(data.test, data, 512, shuffle=False)
@@ -250,10 +329,11 @@ class ImageDistillTask:
         self.teacher = {
             **describe_model(
                 self.teacher_model,
-                f"{t_cfg.arch}-{t_cfg.stem}" + ("+flip-average" if args.teacher_flip else ""),
+                teacher_name + ("+flip-average" if args.teacher_flip else ""),
                 data.shape,
                 checkpoint=str(args.teacher),
                 sha256=self.digest,
+                **({"spec": self.external.identity} if self.external else {}),
             ),
             "test_accuracy": t_acc,
             "score": t_acc,
@@ -288,6 +368,12 @@ class ImageDistillTask:
         given with --loss-option win). Refuses dkd on mixed views (it needs one class label
         per image; a mixed view has two)."""
         s_taps, t_taps = self.s_taps, self.t_taps
+        if self.external is not None and not t_taps and {"hint", "at"} & set(method.weights):
+            spec = self.external.spec
+            raise ConfigError(
+                f"method {method.name!r} "
+                + EXTERNAL_TAPS_REASON.format(spec=spec.path, arch=spec.arch)
+            )
         if "dkd" in method.weights and self.recipe is not None and self.recipe.mixes:
             raise ConfigError(
                 f"method {method.name!r}: dkd needs one class label per image, and mixup/cutmix "
@@ -375,19 +461,7 @@ class ImageDistillTask:
 
     def _build_cache(self, keys: frozenset[str]) -> dict:
         args, data = self.args, self.data
-        key = cache_key(
-            teacher_sha256=self.digest,
-            data_sha256=fingerprint(data.train.images),
-            preprocessing={
-                "mean": data.mean,
-                "std": data.std,
-                "augment": [],
-                "shape": data.shape,
-                # Only when set, so single-view caches written before the option keep their key.
-                **({"teacher_flip": True} if args.teacher_flip else {}),
-            },
-            outputs=sorted(keys),
-        )
+        key = train_cache_key(self.digest, data, args.teacher_flip, keys)
         loader = make_loader(data.train, data, 512, shuffle=False)
         # Feature maps in float16: half the memory, and hint losses do not need more precision.
         dtypes = {k: torch.float16 for k in keys if k != "logits"}

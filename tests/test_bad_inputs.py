@@ -5,6 +5,7 @@ and nothing written as if it were a result."""
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import shutil
 from pathlib import Path
@@ -56,6 +57,14 @@ CASES = [
     ("views without augmentation", IMG_D, ["--views", "2", "--augment", "none"], r"--views 2 without augmentation: every view would be the same image"),
     ("unknown view augmentation", IMG_D, ["--views", "2", "--augment", "blur"], r"unknown augmentation 'blur'; use crop, flip \(and with --views V also erase, mixup, cutmix\)"),
     ("dkd on mixed views", IMG_D, [*IMAGE_SMALL, "--teacher", "{image}", "--methods", "dkd", "--views", "2", "--augment", "mixup", "--out-dir", "{tmp}/o"], r"dkd needs one class label per image"),
+    ("teacher spec: unknown torchvision model", IMG_D, ["--teacher", "{tmp}/spec-unknown.json"], r"torchvision has no classification model 'resnet19'; did you mean resnet18"),
+    ("teacher spec: weights missing", IMG_D, ["--teacher", "{tmp}/spec-noweights.json"], r"absent\.safetensors do not exist; fix \"weights\""),
+    ("teacher spec: pickled full model", IMG_D, ["--teacher", "{tmp}/spec-pickled.json"], r"full\.pt are a pickled object .*refusing to unpickle"),
+    ("teacher spec: factory does not import", IMG_D, ["--teacher", "{tmp}/spec-noimport.json"], r"cannot import 'no_such_package_xyz\.models'"),
+    ("teacher spec: factory returns no module", IMG_D, [*IMAGE_SMALL, "--teacher", "{tmp}/spec-dict.json"], r"returned dict, not a torch\.nn\.Module"),
+    ("teacher spec: input the model refuses", IMG_D, [*IMAGE_SMALL, "--teacher", "{tmp}/spec-linear.json"], r"refused its declared input: .*mat1 and mat2"),
+    ("teacher spec: other class count", IMG_D, [*IMAGE_SMALL, "--teacher", "{tmp}/spec-5.json"], r"predicts 5 classes, the dataset has 10"),
+    ("teacher spec: at without taps", IMG_D, [*IMAGE_SMALL, "--teacher", "{tmp}/spec-squeezenet.json", "--methods", "at"], r"reads the teacher's feature maps.*Use a logit method"),
     ("teacher: zero epochs", IMG_T, ["--epochs", "0"], r"--epochs 0: must be >= 1"),
     ("teacher: unknown architecture", IMG_T, ["--arch", "resnet9"], r"--arch: invalid choice: 'resnet9'"),
     ("teacher: zero validation", IMG_T, ["--val-size", "0"], r"--val-size 0: must be >= 1"),
@@ -98,6 +107,34 @@ def _damaged(tmp: Path, image: Path) -> None:
         (tmp / "notimage" / part / "shirt" / "bad.png").write_bytes(b"not a png at all")
         (tmp / "emptyclass" / part / "boot").mkdir(parents=True)
     (tmp / "latin1.csv").write_bytes("text,label\ncaf\xe9 cr\xe8me,positive\n".encode("latin-1"))
+    _teacher_specs(tmp)
+
+
+def _teacher_specs(tmp: Path) -> None:
+    """Teacher specs (distill.py --teacher spec.json) that fail cheaply: torch.nn classes
+    stand in for a user's factory (nn.Flatten on a 1x5 image predicts 5 classes)."""
+    import torch
+
+    torch.save(torch.nn.Linear(2, 2), tmp / "full.pt")  # a pickled model, not a state_dict
+    grey = {"mean": [0.5], "std": [0.5], "dataset": "fashion-mnist"}
+    specs = {
+        "unknown": {"arch": "torchvision:resnet19", "weights": "full.pt", "input_size": 32},
+        "noweights": {"arch": "torchvision:resnet18", "weights": "absent.safetensors"},
+        "pickled": {"arch": "torchvision:resnet18", "weights": "full.pt"},
+        "noimport": {"arch": "no_such_package_xyz.models:make"},
+        "dict": {"arch": "builtins:dict"},
+        "linear": {"arch": "torch.nn:Linear", "kwargs": {"in_features": 5, "out_features": 10}},
+        "5": {"arch": "torch.nn:Flatten", "input_size": [1, 5]},
+        "squeezenet": {
+            "arch": "torchvision.models:squeezenet1_1",  # a factory: random weights will do
+            "kwargs": {"num_classes": 10},
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.5, 0.5, 0.5],
+        },
+    }
+    for name, spec in specs.items():
+        spec = {"input_size": 32, **grey, **spec}
+        (tmp / f"spec-{name}.json").write_text(json.dumps(spec), encoding="utf-8")
 
 
 def _run(module: str, argv: list[str], capsys) -> tuple[int, str]:

@@ -1,4 +1,5 @@
-"""Distil a saved ResNet teacher into a small CNN, comparing methods over seeds.
+"""Distil a saved ResNet teacher (or any teacher a ``--teacher spec.json`` describes) into a
+small CNN, comparing methods over seeds.
 
     python -m image_classification.scripts.distill --preset quick
     python -m image_classification.scripts.distill --preset full --methods none kd dist lskd --seeds 3
@@ -66,7 +67,9 @@ class Args(DistillArgs):
     """Distil a teacher into a small CNN with one or more methods over several seeds."""
 
     teacher: Path = Path("runs/image-classification/teacher/model")
-    """Saved teacher folder (model.safetensors + config.json) from train_teacher.py."""
+    """Saved teacher folder (model.safetensors + config.json) from train_teacher.py, or a
+    teacher spec .json for any torchvision classifier or your own nn.Module (arch, weights,
+    input_size, mean, std; see image_classification.teacher_model.external)."""
     teacher_flip: bool = False
     """Average the teacher over each image and its mirror image (test-time augmentation; twice
     the teacher's cost). Only for teachers trained with flips on data whose classes survive a
