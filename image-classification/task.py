@@ -364,9 +364,9 @@ class ImageDistillTask:
         )
 
     def complete(self, method: Method) -> Method:
-        """Layer pairs and regressor shapes of ``hint`` and ``at`` from the taps (options
-        given with --loss-option win). Refuses dkd on mixed views (it needs one class label
-        per image; a mixed view has two)."""
+        """Layer pairs and regressor shapes of ``hint`` and ``at``, and ``crd``'s keys, widths
+        and bank size, from the taps (options given with --loss-option win). Refuses dkd on
+        mixed views (it needs one class label per image; a mixed view has two)."""
         s_taps, t_taps = self.s_taps, self.t_taps
         if self.external is not None and not t_taps and {"hint", "at"} & set(method.weights):
             spec = self.external.spec
@@ -409,7 +409,37 @@ class ImageDistillTask:
                 "resize": True,
             }
             method = method.with_options("at", **{**defaults, **method.options.get("at", {})})
+        if "crd" in method.weights:
+            method = method.with_options("crd", **self._crd_options(method.options.get("crd", {})))
         return method
+
+    def _crd_options(self, given: dict[str, Any]) -> dict[str, Any]:
+        """``crd``'s keys, widths and bank size: the deepest taps (penultimate features, as in
+        the paper; logits when a teacher has no taps), their pooled widths (flattened with
+        ``pool=false``) and one bank row per training image (``index`` runs over them)."""
+
+        def widths(taps: dict[str, tuple[int, ...]]) -> dict[str, int]:
+            shapes = {**taps, "logits": (self.data.num_classes,)}
+            pool = given.get("pool", True)
+            return {k: v[0] if pool else math.prod(v) for k, v in shapes.items()}
+
+        s_dims, t_dims = widths(self.s_taps), widths(self.t_taps)
+        s_key = given.get("student_key", next(reversed(self.s_taps), "logits"))
+        t_key = given.get("teacher_key", next(reversed(self.t_taps), "logits"))
+        for key, dims, who in ((s_key, s_dims, "student"), (t_key, t_dims, "teacher")):
+            if key not in dims:
+                raise ConfigError(
+                    f"crd: the {who} has no output {key!r}; set crd.{who}_key to one of "
+                    f"{sorted(dims)}"
+                )
+        defaults = {
+            "student_key": s_key,
+            "teacher_key": t_key,
+            "student_dim": s_dims[s_key],
+            "teacher_dim": t_dims[t_key],
+            "num_data": len(self.data.train),
+        }
+        return {**defaults, **given}
 
     def prepare(self, plans: dict[str, TeacherPlan], cache_keys: frozenset[str]) -> dict:
         """The teacher cache (logits too when the teacher labels the unlabelled images), and

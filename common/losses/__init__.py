@@ -10,6 +10,14 @@ from common.losses.attention import (
     attention_loss,
     attention_map,
 )
+from common.losses.crd import (
+    CRDTerm,
+    bank_update,
+    crd_loss,
+    init_bank,
+    negatives_generator,
+    sample_negatives,
+)
 from common.losses.dist import DISTTerm, dist_loss, pearson_rows
 from common.losses.hint import HintTerm, hint_loss, make_regressor
 from common.losses.kd import CrossEntropyTerm, DKDTerm, KDTerm, dkd_loss, kd_ce_loss, kd_loss
@@ -44,6 +52,7 @@ __all__ = [
     "LOSSES",
     "AttentionKLTerm",
     "AttentionTransferTerm",
+    "CRDTerm",
     "CombinedLoss",
     "CrossEntropyTerm",
     "DISTTerm",
@@ -63,21 +72,26 @@ __all__ = [
     "attention_kl_loss",
     "attention_loss",
     "attention_map",
+    "bank_update",
     "build_loss",
+    "crd_loss",
     "dist_loss",
     "dkd_loss",
     "gaussian_policy_kl",
     "hint_loss",
+    "init_bank",
     "kd_ce_loss",
     "kd_loss",
     "lskd_loss",
     "make_regressor",
+    "negatives_generator",
     "parse_loss_spec",
     "pearson_rows",
     "pkt_loss",
     "policy_distillation_loss",
     "rkd_angle_loss",
     "rkd_distance_loss",
+    "sample_negatives",
     "sp_loss",
     "standardize_logits",
 ]
