@@ -121,7 +121,7 @@ def run_training(
     def evaluate(m: nn.Module) -> dict[str, float]:
         logits, labels = predict_logits(m, val_loader)
         assert labels is not None
-        return classification_metrics(logits, labels, "val", teacher_val_logits)
+        return classification_metrics(logits, labels, "val", teacher_val_logits, with_macro_f1=True)
 
     return train_model(
         model, loss, adapter or TextAdapter(), train_loader, evaluate, recipe, teacher, config

@@ -39,6 +39,7 @@ from nlp.data.text import (
     make_loader,
     token_tensors,
     tokenize,
+    tokenizer_fingerprint,
     with_labels,
 )
 from nlp.model_io import load_model_dir, save_model_dir, weights_digest
@@ -52,13 +53,20 @@ from nlp.pipeline import (
     run_training,
     speed_report,
 )
-from nlp.student_model.bert import build_student, spread
-from nlp.teacher_model.bert import model_classes
+from nlp.student_model.bert import build_student, position_offset, spread, student_from_base
+from nlp.teacher_model.bert import load_classifier, load_tokenizer, model_classes
 
 LIVE_REASON = (
     "hidden states and attention maps are per token, in batches of varying length, and would "
     "take gigabytes to cache; logits are cached"
 )
+OTHER_TOKENIZER = (
+    "the student's tokenizer differs from the teacher's (--student-base {base}): "
+    "{what} need a token mapping between the two tokenizations, which does not exist; use "
+    "a logit method (kd, dist, lskd), or a student built from the teacher (--student tiny, "
+    "small or truncated, without --student-base)"
+)
+"""Error for a token-level term (hidden states, attention maps) across tokenizers."""
 
 
 def _pair(text: str, s_max: int, t_max: int, lowest: int, what: str) -> tuple[int, int]:
@@ -138,25 +146,65 @@ class TextDistillTask:
         self.data, self.dataset, self.data_file = load_distill_data(args, self.meta, self.classes)
         self.max_length = args.max_length or self.meta.get("max_length") or 128
         self.pad_id = self.tokenizer.pad_token_id or 0
-        self.train, self.val, self.test = (
+        # The teacher reads its own tokens (t_*: its logits, the cache); the student reads its
+        # tokenizer's tokens of the same texts in the same rows (train/val/test/transfer), so
+        # a row's index finds the teacher's cached logits whatever the student's tokenizer.
+        self.t_train, self.t_val, self.t_test = (
             tokenize(s, self.tokenizer, self.max_length)
             for s in (self.data.train, self.data.val, self.data.test)
         )
+        transfer = self.data.transfer
+        self.t_transfer = (
+            None if transfer is None else tokenize(transfer, self.tokenizer, self.max_length)
+        )
+        self.base_model, self.s_tokenizer, self.same_tokenizer = None, self.tokenizer, True
+        if args.student_base is not None:
+            self.base_model = load_classifier(args.student_base, classes=self.classes)
+            self.s_tokenizer = load_tokenizer(args.student_base)
+            positions = getattr(self.base_model.config, "max_position_embeddings", None)
+            if (
+                positions is not None
+                and positions
+                - position_offset(getattr(self.base_model.base_model, "embeddings", None))
+                < self.max_length
+            ):
+                raise ConfigError(
+                    f"--max-length {self.max_length} is more tokens than the student base "
+                    f"{args.student_base} has positions for; pass a smaller --max-length"
+                )
+            self.same_tokenizer = tokenizer_fingerprint(self.s_tokenizer) == tokenizer_fingerprint(
+                self.tokenizer
+            )
+        self.s_pad_id = self.s_tokenizer.pad_token_id or 0
+        if self.same_tokenizer:
+            self.train, self.val, self.test = self.t_train, self.t_val, self.t_test
+            self.transfer = self.t_transfer
+        else:
+            self.train, self.val, self.test = (
+                tokenize(s, self.s_tokenizer, self.max_length)
+                for s in (self.data.train, self.data.val, self.data.test)
+            )
+            self.transfer = (
+                None if transfer is None else tokenize(transfer, self.s_tokenizer, self.max_length)
+            )
         self.digest = weights_digest(args.teacher)
         set_seed(args.seed_start)  # the probe student's initialisation (it is only timed)
         probe = self._student()
         self.s_layers = probe.config.num_hidden_layers
         self.s_config = probe.config
-        self.one, many = example_batches(self.val, pad_id=self.pad_id)
+        self.one, many = example_batches(self.t_val, pad_id=self.pad_id)
+        self.s_one, s_many = example_batches(self.val, pad_id=self.s_pad_id)
         # Teacher and student timed side by side, once (a trained student runs as fast).
         self.speed = {
             "teacher": speed_report(teacher, self.one, many),
-            "student": speed_report(probe, self.one, many),
+            "student": speed_report(probe, self.s_one, s_many),
         }
         loader = lambda split: make_loader(split, 128, False, self.pad_id)  # noqa: E731
-        self.t_val_logits, _ = predict_logits(teacher, loader(self.val))
-        self.t_test_logits, self.test_labels = predict_logits(teacher, loader(self.test))
-        t_acc = classification_metrics(self.t_test_logits, self.test_labels, "test")
+        self.t_val_logits, _ = predict_logits(teacher, loader(self.t_val))
+        self.t_test_logits, self.test_labels = predict_logits(teacher, loader(self.t_test))
+        t_acc = classification_metrics(
+            self.t_test_logits, self.test_labels, "test", with_macro_f1=True
+        )
         self.teacher = {
             **describe_model(
                 teacher,
@@ -167,36 +215,37 @@ class TextDistillTask:
             ),
             "test_accuracy": t_acc["test/accuracy"],
             "score": t_acc["test/accuracy"],
+            "metrics": t_acc,
             "speed": self.speed["teacher"],
             "sampling": proportion_sampling(len(self.test)),
         }
-        transfer = self.data.transfer
-        self.transfer = (
-            None if transfer is None else tokenize(transfer, self.tokenizer, self.max_length)
-        )
-        unlabelled = (
-            None if self.transfer is None else torch.full((len(self.transfer),), IGNORE_LABEL)
-        )
-        self.inputs = with_labels(self.train, self.transfer, unlabelled)
-        self.distill_train = self.inputs
+        unlabelled = None if transfer is None else torch.full((len(transfer),), IGNORE_LABEL)
+        self.inputs = with_labels(self.t_train, self.t_transfer, unlabelled)  # the teacher's
+        self.distill_train = with_labels(self.train, self.transfer, unlabelled)  # the student's
         # Every method, the student alone too, gets the steps of one pass over the distilled
         # inputs per epoch, so runs of separate invocations stay comparable.
         self.steps = args.epochs * math.ceil(len(self.inputs) / args.batch_size)
-        self.lr = args.lr or (1e-4 if args.student == "truncated" else 1e-3)
+        self.lr = args.lr or (1e-4 if args.student == "truncated" or args.student_base else 1e-3)
         self.settings = {
             "teacher_sha256": self.digest,
             "lr_used": self.lr,
             "steps": self.steps,
             **args_dict(args, NOT_SETTINGS),
         }
+        if self.base_model is None:  # unset: the record finished runs had before the option
+            del self.settings["student_base"]
+        else:
+            self.settings["student_tokenizer"] = tokenizer_fingerprint(self.s_tokenizer)
         self.cacheable, self.why_not_cached = frozenset({"logits"}), LIVE_REASON
         self.cache: TeacherOutputCache | None = None
 
     def _student(self) -> Any:
         a = self.args
-        return build_student(
-            a.student, self.teacher_model, self.classes, a.student_init, a.student_layers
-        )
+        if self.base_model is None:
+            return build_student(
+                a.student, self.teacher_model, self.classes, a.student_init, a.student_layers
+            )
+        return student_from_base(self.base_model, self.classes, a.student_layers, a.student_base)
 
     def produced(self) -> Reads:
         outputs = frozenset({"logits", "hidden", "attention"})
@@ -206,6 +255,8 @@ class TextDistillTask:
         """Widths of the hidden-state projection and head averaging of the attention term
         (options given with --loss-option win)."""
         s_cfg, t_cfg = self.s_config, self.teacher_model.config
+        if not self.same_tokenizer:
+            self._check_other_tokenizer(method)
         method_taps(method, self.args, self.s_layers, t_cfg.num_hidden_layers)  # checks pairs
         if "hint" in method.weights and s_cfg.hidden_size != t_cfg.hidden_size:
             # Equal widths (a truncated teacher) are compared directly, as DistilBERT does.
@@ -216,6 +267,31 @@ class TextDistillTask:
             given = method.options.get("attention_kl", {})
             method = method.with_options("attention_kl", **{"average_heads": heads, **given})
         return method
+
+    def _check_other_tokenizer(self, method: Method) -> None:
+        """With a student tokenizer other than the teacher's, only the teacher's logits (one
+        row per text, cached) can teach: refuse token-level terms, and a live teacher (it
+        would be fed the student's token ids)."""
+        base = self.args.student_base
+        if not method.weights:
+            return
+        reads = method.build().reads().teacher
+        per_token = sorted(reads - {"logits"})
+        if per_token:
+            what = " and ".join(
+                {"hidden": "hidden states", "attention": "attention maps"}.get(k, k)
+                for k in per_token
+            )
+            raise ConfigError(
+                f"method {method.name!r}: " + OTHER_TOKENIZER.format(base=base, what=what)
+            )
+        if reads and not self.args.cache:
+            raise ConfigError(
+                f"method {method.name!r}: --no-cache with a student tokenizer other than the "
+                f"teacher's (--student-base {base}): the teacher's logits come from the "
+                "teacher cache, computed on the teacher's own tokens of each text; a live "
+                "teacher would be fed the student's tokens. Drop --no-cache."
+            )
 
     def prepare(self, plans: dict[str, TeacherPlan], cache_keys: frozenset[str]) -> dict:
         """The teacher's logits on the labelled + transfer texts (cached, or a live pass over
@@ -229,7 +305,7 @@ class TextDistillTask:
         if self.transfer is not None:
             assert logits is not None
             labels = logits[len(self.train) :].argmax(-1)
-            self.distill_train = with_labels(self.train, self.transfer, labels)
+            self.distill_train = with_labels(self.train, self.transfer, labels)  # student's
         return info
 
     def _cached_logits(self) -> tuple[Tensor, dict]:
@@ -303,22 +379,25 @@ class TextDistillTask:
             teacher={"cache": self.cache, "live": self.teacher_model, "none": None}[plan.mode],
             config=settings,
             teacher_val_logits=self.t_val_logits,
-            pad_id=self.pad_id,
+            pad_id=self.s_pad_id,
             num_workers=args.num_workers,
         )
-        s_logits, _ = predict_logits(student, make_loader(self.test, 128, False, self.pad_id))
+        test_loader = make_loader(self.test, 128, False, self.s_pad_id)
+        s_logits, _ = predict_logits(student, test_loader)
         final = {
-            **classification_metrics(s_logits, self.test_labels, "test", self.t_test_logits),
+            **classification_metrics(
+                s_logits, self.test_labels, "test", self.t_test_logits, with_macro_f1=True
+            ),
             **state.last_eval,
         }
         model_dir = self._save(student, method, final, run_dir)
         return RunOutcome(
             student=describe_model(
                 student,
-                f"bert-{args.student}",
-                self.one,
+                self.student_name(),
+                self.s_one,
                 checkpoint=str(model_dir),
-                init=args.student_init if args.student != "truncated" else "teacher-layers",
+                init=self.student_init(),
                 speed=self.speed["student"],
             ),
             metrics=accuracy_metrics(final, len(self.test), state.best),
@@ -333,9 +412,29 @@ class TextDistillTask:
                 "max_length": self.max_length,
                 "truncated_train_texts": count_truncated(self.train, self.max_length),
                 "taps": {"hidden": taps.hidden, "attention": taps.attention},
+                "student_tokenizer": "teacher's"
+                if self.base_model is None
+                else {
+                    "from": str(args.student_base),
+                    "same_as_teacher": self.same_tokenizer,
+                    "sha256": tokenizer_fingerprint(self.s_tokenizer),
+                },
             },
             batches_served=self.cache.hits if cached else None,  # type: ignore[union-attr]
         )
+
+    def student_name(self) -> str:
+        a = self.args
+        if self.base_model is None:
+            return f"bert-{a.student}"
+        layers = f" ({a.student_layers} layers)" if a.student_layers else ""
+        return f"{a.student_base}{layers}"
+
+    def student_init(self) -> str:
+        a = self.args
+        if self.base_model is not None:
+            return f"pretrained {a.student_base}"
+        return a.student_init if a.student != "truncated" else "teacher-layers"
 
     def _save(self, student: Any, method: Method, final: dict, run_dir: Path) -> Path:
         meta = self.meta
@@ -350,8 +449,10 @@ class TextDistillTask:
             "split_seed": meta.get("split_seed"),
             "teacher": str(self.args.teacher),
             "test_accuracy": final["test/accuracy"],
+            "test_macro_f1": final["test/macro_f1"],
+            "student_base": self.args.student_base,
         }
-        return save_model_dir(student, self.tokenizer, run_dir / "model", s_meta, self.max_length)
+        return save_model_dir(student, self.s_tokenizer, run_dir / "model", s_meta, self.max_length)
 
     def summary_extra(self) -> dict[str, Any]:
         return {"transfer_size": 0 if self.transfer is None else len(self.transfer)}

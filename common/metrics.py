@@ -24,6 +24,29 @@ def accuracy(logits: Tensor, labels: Tensor) -> float:
     return (logits.argmax(dim=-1) == labels).float().mean().item()
 
 
+def macro_f1(predictions: Tensor, labels: Tensor) -> float:
+    """Macro-averaged F1 in [0, 1]: the F1 of each class, averaged with equal weight over the
+    classes present in ``labels`` or ``predictions`` (scikit-learn's
+    ``f1_score(average="macro")``). A class's F1 is ``2 TP / (2 TP + FP + FN)``; a class that
+    is predicted but never right, or present but never predicted, scores 0. ``predictions``
+    are class ids ``[N]`` or logits ``[N, C]`` (argmax taken). Unlike accuracy it does not
+    let a majority class (SMS ham) hide a minority class the model misses."""
+    pred = predictions.argmax(dim=-1) if predictions.dim() == 2 else predictions
+    pred, labels = pred.reshape(-1).long().cpu(), labels.reshape(-1).long().cpu()
+    if pred.shape[0] != labels.shape[0]:
+        raise ValueError(f"{pred.shape[0]} predictions for {labels.shape[0]} labels")
+    if labels.numel() == 0:
+        raise ValueError("macro-F1 of an empty set is undefined")
+    classes = torch.unique(torch.cat([labels, pred]))
+    scores = []
+    for c in classes:
+        tp = int(((pred == c) & (labels == c)).sum())
+        fp = int(((pred == c) & (labels != c)).sum())
+        fn = int(((pred != c) & (labels == c)).sum())
+        scores.append(2 * tp / (2 * tp + fp + fn))  # > 0: c occurs in pred or labels
+    return sum(scores) / len(scores)
+
+
 def agreement(student_logits: Tensor, teacher_logits: Tensor) -> float:
     """Fraction of inputs where student and teacher predict the same top-1 class."""
     if student_logits.shape != teacher_logits.shape:
@@ -171,13 +194,21 @@ def count_flops(model: nn.Module, example: Tensor | dict[str, Tensor]) -> int | 
 
 
 def classification_metrics(
-    logits: Tensor, labels: Tensor, prefix: str, teacher_logits: Tensor | None = None
+    logits: Tensor,
+    labels: Tensor,
+    prefix: str,
+    teacher_logits: Tensor | None = None,
+    with_macro_f1: bool = False,
 ) -> dict[str, float]:
-    """``{prefix}/accuracy`` and ``/ece``, plus ``/agreement`` with the teacher's logits."""
+    """``{prefix}/accuracy`` and ``/ece``, plus ``/agreement`` with the teacher's logits and,
+    with ``with_macro_f1``, ``/macro_f1`` (:func:`macro_f1`; NLP records it: its tweets and SMS
+    classes are unbalanced)."""
     metrics = {
         f"{prefix}/accuracy": accuracy(logits, labels),
         f"{prefix}/ece": expected_calibration_error(logits, labels),
     }
+    if with_macro_f1:
+        metrics[f"{prefix}/macro_f1"] = macro_f1(logits, labels)
     if teacher_logits is not None:
         metrics[f"{prefix}/agreement"] = agreement(logits, teacher_logits)
     return metrics

@@ -146,6 +146,33 @@ HEADER = [
 ]
 
 
+SECONDARY = {"test/macro_f1": "macro-F1"}
+"""Final metrics shown on a line under a group's table when its runs record them (NLP records
+macro-F1 for every run: on unbalanced classes, tweets and SMS spam, accuracy can hide a
+minority class the student misses)."""
+
+
+def secondary_lines(s: DomainSummary) -> list[str]:
+    """One line per :data:`SECONDARY` metric the group's runs record: the teacher's value and
+    each method's mean ± seed std over seeds."""
+    lines = []
+    for key, label in SECONDARY.items():
+        rows = [r for r in s.rows.values() if key in r.metric_means]
+        if not rows:
+            continue
+        parts = []
+        if key in s.teacher_metrics:
+            parts.append(f"teacher {s.teacher_metrics[key]:.3f}")
+        for r in rows:
+            name = "student alone" if r.method == "none" else r.method
+            spread = f" ± {r.metric_stds.get(key, 0.0):.3f}" if r.n > 1 else " (1 seed)"
+            parts.append(f"{name} {r.metric_means[key]:.3f}{spread}")
+        lines.append(
+            f"Test {label} (mean ± seed std; every class weighs the same): " + "; ".join(parts)
+        )
+    return lines
+
+
 def render_terminal(summaries: Sequence[DomainSummary], problems: Sequence[str]) -> str:
     lines = []
     for s in summaries:
@@ -156,6 +183,7 @@ def render_terminal(summaries: Sequence[DomainSummary], problems: Sequence[str])
         widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
         for r in rows:
             lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        lines += secondary_lines(s)
     for p in problems:
         lines.append(f"skipped: {p}")
     return "\n".join(lines)
@@ -204,6 +232,9 @@ def render_markdown(
             )
         out += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
         out += ["| " + " | ".join(r) + " |" for r in table_rows(s)]
+        secondary = secondary_lines(s)
+        if secondary:
+            out += ["", *(f"{line}." for line in secondary)]
         notes = [f"- `{r.method}`: {s.verdict(r)}" for r in s.rows.values() if s.verdict(r)]
         if s.baseline() is None:
             notes.append("- no student-alone run (`none`): gains cannot be judged")

@@ -93,6 +93,8 @@ class MethodRow:
     """The test set's sampling record of one run (the same test set for every seed)."""
     metric_means: dict[str, float] = field(default_factory=dict)
     """Mean over seeds of every numeric final metric (agreement, ECE, ...)."""
+    metric_stds: dict[str, float] = field(default_factory=dict)
+    """Sample std over seeds of the same metrics (0 for one seed: no spread measured)."""
     runs: list[str] = field(default_factory=list)
     """The runs' ``results.json`` files, when they were read from disk (learning curves)."""
     mean: float = field(init=False)
@@ -129,6 +131,9 @@ class GroupSummary:
     teacher_sampling: dict[str, Any] | None = None
     student_name: str = "?"
     """The students compared in this group (a size sweep makes one group per size)."""
+    teacher_metrics: dict[str, float] = field(default_factory=dict)
+    """The teacher's numeric test metrics when its record gives them (``teacher.metrics``),
+    e.g. ``test/macro_f1`` beside the primary score."""
 
     @property
     def title(self) -> str:
@@ -226,6 +231,7 @@ class GroupSummary:
                 "budget": row.budget,
                 "data": row.data,
                 "metric_means": row.metric_means,
+                "metric_stds": row.metric_stds,
             }
         return {
             "domain": self.domain,
@@ -238,6 +244,7 @@ class GroupSummary:
                 "score": self.teacher_score,
                 "floor": self.teacher_floor,
                 "test_interval95": list(t_int) if t_int else None,
+                "metrics": self.teacher_metrics,
             },
             "speed": self.speed,
             "methods": methods,
@@ -249,14 +256,28 @@ def _teacher_score(teacher: dict[str, Any]) -> float | None:
     return float(score) if isinstance(score, (int, float)) else None
 
 
-def _numeric_means(results: Sequence[dict[str, Any]]) -> dict[str, float]:
+def _numeric_stats(
+    results: Sequence[dict[str, Any]],
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and sample std over runs of every numeric final metric all the runs record."""
     keys = set.intersection(*(set(r["metrics"]["final"]) for r in results))
-    out = {}
+    means, stds = {}, {}
     for k in sorted(keys):
         values = [r["metrics"]["final"][k] for r in results]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            out[k] = statistics.fmean(float(v) for v in values)
-    return out
+            means[k], stds[k] = mean_std([float(v) for v in values])
+    return means, stds
+
+
+def _teacher_metrics(teacher: dict[str, Any]) -> dict[str, float]:
+    given = teacher.get("metrics")
+    if not isinstance(given, dict):
+        return {}
+    return {
+        k: float(v)
+        for k, v in given.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def _budget_size(r: dict[str, Any]) -> tuple[str, int] | None:
@@ -307,6 +328,7 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[GroupSummary]:
         t_speed = teacher.get("speed") or {}
         rows = {}
         for method, rs in sorted(by_method.items(), key=lambda kv: (kv[0] != "none", kv[0])):
+            means, stds = _numeric_stats(rs)
             s_speed = rs[0]["student"].get("speed") or {}
             extra = rs[0].get("extra") or {}
             speedup = None
@@ -321,7 +343,8 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[GroupSummary]:
                 speedup=speedup,
                 data={k: int(v) for k in DATA_KEYS if isinstance(v := extra.get(k), (int, float))},
                 sampling=rs[0]["metrics"].get("sampling"),
-                metric_means=_numeric_means(rs),
+                metric_means=means,
+                metric_stds=stds,
                 runs=[str(r["_path"]) for r in rs if "_path" in r],
             )
         speed = {"teacher": t_speed, "student": first["student"].get("speed") or {}}
@@ -340,6 +363,7 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[GroupSummary]:
                 speed=speed,
                 teacher_sampling=teacher.get("sampling"),
                 student_name=s_name,
+                teacher_metrics=_teacher_metrics(teacher),
             )
         )
     return summaries

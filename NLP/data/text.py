@@ -375,6 +375,27 @@ def tokenize(ds: Dataset, tokenizer: Any, max_length: int) -> Dataset:
     )
 
 
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """sha256 of what decides a tokenizer's ids for a text: its class and, for a fast
+    tokenizer, its whole pipeline (normalizer, pre-tokenizer, vocabulary, added and special
+    tokens, post-processor), less the truncation/padding state a call leaves behind; else its
+    vocabulary, special tokens and lowercasing. Two tokenizers with the same fingerprint give
+    the same token ids, so token-level teacher states line up with the student's tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+    else:
+        state = {
+            "vocab": sorted(tokenizer.get_vocab().items()),
+            "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
+            "lowercase": getattr(tokenizer, "do_lower_case", None),
+        }
+    text = json.dumps({"class": type(tokenizer).__name__, "state": state}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def fingerprint_texts(*splits: Dataset) -> str:
     """sha256 over the texts and labels of ``splits``, in order (what a trained teacher saw)."""
     h = hashlib.sha256()

@@ -17,6 +17,16 @@ logits on the labelled and transfer texts come from common's teacher-output cach
 reused by every method, seed and later run with the same teacher and tokens), so ``kd``
 never runs the teacher; ``hidden`` and ``attention`` run it live (``--no-cache``: all live).
 
+``--student-base minilm`` starts the student from a pretrained checkpoint with its own
+tokenizer (e.g. MiniLM-L6 under an MPNet teacher). Logit distillation works across
+tokenizers: the cache holds one row of teacher logits per text, computed from the
+teacher's tokens, and the student reads its own tokens of the same rows. Hidden-state and
+attention terms compare token positions, which differ between tokenizers: they are refused.
+
+Every run records test and validation accuracy, ECE, agreement with the teacher and
+macro-F1 (classes weighted equally: on tweets and SMS spam, accuracy can hide a missed
+minority class); the report shows macro-F1 beside the primary score.
+
 Each run writes ``<out-dir>/<method>/seed-<k>/`` (model/, checkpoints, metrics.jsonl,
 results.json); the comparison, with both models' size and speed measured side by side,
 goes to ``<out-dir>/summary.json`` and is printed.
@@ -76,7 +86,16 @@ class Args(DistillArgs):
     """Student: tiny (2 layers, hidden 128), small (4 x 256) or truncated (the teacher's
     width, every k-th of its layers)."""
     student_layers: int | None = None
-    """Layers of the student; unset: 2 (tiny), 4 (small), half the teacher's (truncated)."""
+    """Layers of the student; unset: 2 (tiny), 4 (small), half the teacher's (truncated),
+    all of the --student-base's."""
+    student_base: str | None = None
+    """Start the student from this pretrained checkpoint instead (minilm: the packaged
+    all-MiniLM-L6-v2, a folder or a hub id) with its own tokenizer; --student-layers keeps
+    every k-th of its layers (BERT checkpoints); --student and --student-init are then not
+    used, and the default --lr is 1e-4. With a tokenizer other than the teacher's, logit
+    methods (kd, dist, lskd, none) work: the teacher's logits are cached per text from its
+    own tokens, and the student reads its tokens of the same texts; hidden and attention
+    terms are refused (they need a token mapping), and so is --no-cache."""
     student_init: Literal["pca", "random"] = "pca"
     """tiny/small embeddings: pca (teacher's, projected to the student width) or random."""
     transfer: str = "auto"
@@ -94,7 +113,7 @@ class Args(DistillArgs):
     """Texts per optimizer step."""
     lr: float | None = None
     """Peak AdamW learning rate; unset: 1e-3 for tiny/small (trained from scratch), 1e-4
-    for truncated (starts from the teacher's weights)."""
+    for truncated or --student-base (starts from pretrained weights)."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
     hidden_layers: tuple[str, ...] = ("auto",)

@@ -135,7 +135,10 @@ def main(argv: list[str] | None = None) -> Path:
     )
     logits, labels = predict_logits(model, make_loader(test, 128, False, pad_id))
     assert labels is not None
-    final = {**classification_metrics(logits, labels, "test"), **state.last_eval}
+    final = {
+        **classification_metrics(logits, labels, "test", with_macro_f1=True),
+        **state.last_eval,
+    }
     meta = {
         "role": "teacher",
         "base": args.teacher,

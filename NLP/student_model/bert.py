@@ -14,6 +14,7 @@ student inherits which tokens are alike instead of learning it from a few thousa
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -159,3 +160,31 @@ def truncated_teacher(
     if any(not k.startswith("classifier.") for k in missing):
         raise ConfigError(f"teacher weights do not cover the truncated student: {missing[:4]}")
     return student
+
+
+@torch.no_grad()
+def student_from_base(
+    base: Any, classes: list[str], layers: int | None = None, name: str = "the base"
+) -> Any:
+    """A student that starts from a pretrained checkpoint ``base`` (a sequence classifier
+    with a head for ``classes``, e.g. the packaged MiniLM-L6) and keeps its tokenizer: a BERT
+    base is copied whole, or ``layers`` of its layers (every k-th, as
+    :func:`truncated_teacher`), with no dropout on attention probabilities like every student;
+    another BERT-family base is copied whole. The classifier head is drawn afresh from the
+    seed set before the call (a base has no trained head for these classes)."""
+    if base.config.model_type == "bert":
+        student = truncated_teacher(base, layers or base.config.num_hidden_layers, classes)
+    elif layers is not None:
+        raise ConfigError(
+            f"--student-layers keeps BERT layers; the student base {name} is a "
+            f"{base.config.model_type!r} model: drop --student-layers to use it whole"
+        )
+    else:
+        student = copy.deepcopy(base)
+    std = getattr(student.config, "initializer_range", 0.02)
+    for module in student.classifier.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.weight.normal_(0.0, std)
+            if module.bias is not None:
+                module.bias.zero_()
+    return student.train().requires_grad_(True)
