@@ -294,6 +294,9 @@ class BaselineCurve(BaseCallback):
         self.best: tuple[float, CompactPolicy, ObsNormalization] | None = None
         """The best point so far: (val return, the actor as a compact policy, its
         observation statistics); the first of equal returns."""
+        self.best_at: dict[str, Any] = {}
+        """Where it was: the ``best`` record of a results file (metric, value, point, env
+        steps, candidates: the number of points)."""
 
     def _on_training_start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -323,6 +326,14 @@ class BaselineCurve(BaseCallback):
         value = metrics["val/return_mean"]
         if self.best is None or value > self.best[0]:
             self.best = (value, student, normalization)
+            self.best_at = {
+                "metric": "val/return",
+                "value": value,
+                "epoch": self.points,
+                "step": self.num_timesteps,
+                "metrics": {"val/return": value, "env_steps": self.num_timesteps},
+            }
+        self.best_at["candidates"] = self.points
         event = {
             "event": "epoch",
             "epoch": self.points,
@@ -346,14 +357,14 @@ def train_baseline(
     curve_every: int | None = None,
     val_episodes: int = 5,
     select_best: bool = False,
-) -> tuple[CompactPolicy, PPORun, ObsNormalization]:
+) -> tuple[CompactPolicy, PPORun, ObsNormalization, dict[str, Any]]:
     """The honest baseline: the student's architecture as PPO's actor, trained from scratch
     with the teacher's tuned hyperparameters (a full-size critic, which is not deployed) for
     the environment steps distillation used, with its own observation statistics. With
     ``curve_every``, its learning curve goes to ``run_dir/metrics.jsonl``
     (:class:`BaselineCurve`); with ``select_best`` too, the actor of its best curve point is
-    returned (as distillation's best round is), not the last. Returns the policy, the PPO run
-    and the policy's observation statistics."""
+    returned (as distillation's best round is), not the last. Returns the policy, the PPO run,
+    the policy's observation statistics and the curve's best point (empty without a curve)."""
     curve = []
     if curve_every:
         path = run_dir / "metrics.jsonl"
@@ -361,11 +372,13 @@ def train_baseline(
     run = train_ppo(
         env_id, hp, env_steps, seed, run_dir / "sb3", actor=hidden, desc=name, callbacks=curve
     )
+    best_at = curve[0].best_at if curve else {}
     if select_best and curve and curve[0].best is not None:
         _, best, normalization = curve[0].best
-        return best, run, normalization
+        return best, run, normalization, best_at
     normalization = run.normalization
-    return actor_to_compact(run.model.policy, hidden, spec, normalization), run, normalization
+    student = actor_to_compact(run.model.policy, hidden, spec, normalization)
+    return student, run, normalization, best_at
 
 
 def _on_cpu(model: nn.Module) -> nn.Module:

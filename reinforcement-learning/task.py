@@ -125,7 +125,11 @@ class PolicyDistillTask:
             **args_dict(args, (*NOT_SETTINGS, "run_root", "cache", "vec_env")),
             "rounds": self.rounds,
             "steps_per_round": self.steps_per_round,
+            # Resolved: the table's width can change under an unchanged command line.
+            "student_hidden": list(self.hidden),
         }
+        if not args.select_best:  # recorded only when set: earlier runs keep their settings
+            del self.settings["select_best"]
         self.cacheable, self.why_not_cached = frozenset(), ONLINE_REASON
 
     def _student(self, normalization: Any) -> CompactPolicy:
@@ -185,13 +189,14 @@ class PolicyDistillTask:
 
     def _baseline(self, seed: int, run_dir: Path) -> tuple:
         # Its learning curve on the points where distillation evaluates (after each round).
-        student, ppo, normalization = train_baseline(
+        student, ppo, normalization, best = train_baseline(
             self.args.env_id, self.ppo_hp, self.env_steps, self.hidden, self.spec, seed, run_dir,
             f"none seed {seed}", self.env_steps // self.rounds, self.args.val_episodes,
             self.args.select_best,
         )  # fmt: skip
         loss = {"weights": {"ppo": 1.0}, "options": {"ppo": asdict(self.ppo_hp)}}
-        return student, ppo.budget(), {"train_time_s": ppo.seconds}, loss, normalization, None
+        details = {"train_time_s": ppo.seconds, "curve_best": best}
+        return student, ppo.budget(), details, loss, normalization, best or None
 
     def _distill(self, method: Method, seed: int, run_dir: Path, settings: dict) -> tuple:
         args = self.args

@@ -571,8 +571,8 @@ def test_baseline_learning_curve_does_not_change_the_baseline(tmp_path):
 
     spec, hp = env_space_spec("CartPole-v1"), env_settings("CartPole-v1").ppo
     args = ("CartPole-v1", hp, 1024, (8,), spec, 0)
-    plain, _, _ = train_baseline(*args, tmp_path / "plain", "plain")
-    watched, _, _ = train_baseline(
+    plain, _, _, _ = train_baseline(*args, tmp_path / "plain", "plain")
+    watched, _, _, _ = train_baseline(
         *args, tmp_path / "curve", "curve", curve_every=256, val_episodes=1
     )
     for a, b in zip(plain.state_dict().values(), watched.state_dict().values(), strict=True):
@@ -582,6 +582,32 @@ def test_baseline_learning_curve_does_not_change_the_baseline(tmp_path):
     assert steps == sorted(steps) and steps[0] >= 256 and steps[-1] >= 1024 and len(steps) >= 4
     assert all(e["event"] == "epoch" and e["val/return"] > 0 for e in events)
     assert not (tmp_path / "plain" / "metrics.jsonl").exists()
+
+
+def test_baseline_select_best_returns_the_best_curve_point(tmp_path, monkeypatch):
+    """With select_best the PPO baseline ends with the actor of its best curve point (scripted
+    validation returns put it at the second point), its statistics, and says where it was."""
+    from reinforcement_learning import pipeline
+    from reinforcement_learning.pipeline import train_baseline
+
+    returns, seen = iter([10.0, 50.0, 20.0, 50.0, 30.0, 5.0, 40.0, 1.0]), []
+
+    def scripted(model, *args, **kwargs):
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"val/return_mean": next(returns)}, None
+
+    monkeypatch.setattr(pipeline, "evaluate_returns", scripted)
+    spec, hp = env_space_spec("CartPole-v1"), env_settings("CartPole-v1").ppo
+    student, run, normalization, best = train_baseline(
+        "CartPole-v1", hp, 1024, (8,), spec, 0, tmp_path, "b", curve_every=256,
+        val_episodes=1, select_best=True,
+    )  # fmt: skip
+    assert len(seen) >= 4 and best["epoch"] == 2 and best["value"] == 50.0
+    assert best["candidates"] == len(seen) and best["step"] < run.model.num_timesteps
+    for k, v in student.state_dict().items():
+        torch.testing.assert_close(v, seen[1][k], rtol=0, atol=0)
+    assert any(not torch.equal(student.state_dict()[k], seen[-1][k]) for k in seen[-1])
+    assert normalization != run.normalization  # the statistics of then, not of the end
 
 
 def test_teacher_return_kept_is_relative_to_random():

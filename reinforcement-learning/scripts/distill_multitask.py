@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "teachers": {s.env_id: s.sha256 for s in setups},
         "steps_per_round": {s.env_id: s.steps_per_round for s in setups},
     }
+    if not args.select_best:  # recorded only when set: earlier runs keep their settings
+        del settings["select_best"]
     records = []
     for seed in range(args.seed_start, args.seed_start + args.seeds):
         seed_settings = {**settings, "seed": seed}

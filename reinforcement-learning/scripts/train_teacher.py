@@ -4,8 +4,8 @@
     python -m reinforcement_learning.scripts.train_teacher --preset full       # LunarLander-v3
     python -m reinforcement_learning.scripts.train_teacher --preset full --env-id Pendulum-v1
 
-Hyperparameters come from the per-environment table (rl-zoo's tuned PPO settings, see
-``teacher_model/hyperparams.py``). Writes ``<run-dir>/model/`` (``ppo.zip``,
+Hyperparameters come from the per-environment table (rl-zoo's tuned PPO settings, the PPO
+paper's for the MuJoCo tasks; see ``teacher_model/hyperparams.py``). Writes ``<run-dir>/model/`` (``ppo.zip``,
 ``normalization.json`` with the frozen VecNormalize statistics, ``config.json``), SB3's
 ``sb3/progress.csv`` and ``results.json``; the run directory defaults to
 ``<run-root>/<env-id>/teacher``. About every tenth of the run, the model and the
@@ -38,8 +38,8 @@ class Args:
 
     env_id: str = "CartPole-v1"
     """Gymnasium id: CartPole-v1, LunarLander-v3, LunarLanderContinuous-v3, Acrobot-v1,
-    Pendulum-v1 and the MuJoCo Hopper-v5, HalfCheetah-v5 and Walker2d-v5 have tuned settings;
-    other ids with vector observations get SB3's defaults."""
+    Pendulum-v1 have rl-zoo's tuned settings, the MuJoCo Hopper-v5, HalfCheetah-v5 and
+    Walker2d-v5 the PPO paper's; other ids with vector observations get SB3's defaults."""
     timesteps: int | None = None
     """Environment steps to train for; unset: the table's value for the environment."""
     n_envs: int | None = None

@@ -1,9 +1,8 @@
 """Per-environment settings: PPO teacher hyperparameters, student size and distillation budget.
 
 PPO values are rl-baselines3-zoo's tuned ones (``hyperparams/ppo.yml``; LunarLander-v3 and
-LunarLanderContinuous-v3 use the zoo's -v2 entries, HalfCheetah-v5 and Walker2d-v5 its -v3
-entries, the tasks are the same up to simulator details), with SB3's defaults where the zoo
-sets nothing. The MuJoCo tasks are the exception: with the zoo's settings (discount 0.999)
+LunarLanderContinuous-v3 use the zoo's -v2 entries, the tasks are the same up to simulator
+details), with SB3's defaults where the zoo sets nothing. The MuJoCo tasks are the exception: with the zoo's settings (discount 0.999)
 two Hopper-v5 seeds learned to stand still for the healthy reward (1014 of the zoo's 2410,
 docs/measured.md), and the zoo's HalfCheetah (ReLU 256x256, 20 epochs of batch 64) and
 Walker2d (20 epochs of batch 32) settings run at 250-460 env steps/s on one core, over an
