@@ -342,6 +342,8 @@ class ImageDistillTask:
         }
         unrecorded = NOT_SETTINGS if self.views else (*NOT_SETTINGS, *VIEW_SETTINGS)
         self.settings = {"teacher_sha256": self.digest, **args_dict(args, unrecorded)}
+        if self.external is not None:  # the dataset may come from the spec, not --dataset
+            self.settings["dataset"] = self.dataset
         if self.views:
             # The teacher's logits on every seeded view are cached once (load_or_build_views).
             self.cacheable, self.why_not_cached = frozenset({"logits"}), VIEW_TAPS_REASON
@@ -543,6 +545,9 @@ class ImageDistillTask:
             adapter = ViewCacheAdapter(ImageAdapter())
         else:
             adapter = MirroredCacheAdapter(ImageAdapter())
+        if "crd" in method.weights and "seed" not in method.options.get("crd", {}):
+            # Each seed its own memory banks and negatives (unless crd.seed is given).
+            method = method.with_options("crd", seed=seed)
         student, state = run_training(
             student,
             method.build(),
@@ -585,6 +590,7 @@ class ImageDistillTask:
                 "test_size": len(data.test),
             },
             batches_served=self.cache.hits if cached else None,  # type: ignore[union-attr]
+            loss=method.describe(),  # with the seed crd was given
         )
 
     def summary_extra(self) -> dict[str, Any]:

@@ -359,19 +359,22 @@ def test_image_cli_fills_crd_keys_widths_and_bank_size(image_teacher, tmp_path):
             "1",
             "--student",
             "tiny",
+            "--seed-start",
+            "1",
             "--out-dir",
             str(tmp_path),
         ]
     )
     assert 0.0 < summary["methods"][spec]["mean"] <= 1.0
-    res = load_results(tmp_path / spec / "seed-0")
+    res = load_results(tmp_path / spec / "seed-1")
     options = res["loss"]["options"]["crd"]
     train_size = res["extra"]["train_size"]
     assert options["num_data"] == train_size and options["num_negatives"] == 32
     assert (options["student_key"], options["teacher_key"]) == ("stage3", "layer4")
     assert options["student_dim"] > 0 and options["teacher_dim"] > options["student_dim"]
+    assert options["seed"] == 1  # each run seed its own banks and negatives
     stored = load_file(
-        str(latest_checkpoint(tmp_path / spec / "seed-0" / "checkpoints") / "loss.safetensors")
+        str(latest_checkpoint(tmp_path / spec / "seed-1" / "checkpoints") / "loss.safetensors")
     )
     assert stored["terms.crd.teacher_bank"].shape == (train_size, 128)
     assert int(stored["terms.crd.draws"]) == res["budget"]["steps"]

@@ -26,6 +26,7 @@ from image_classification.teacher_model.external import (
     ExternalTeacher,
     load_external_teacher,
     load_teacher_spec,
+    state_sha256,
 )
 
 SHAPE = (1, 28, 28)
@@ -170,6 +171,19 @@ def test_factory_teacher_by_import_path(factory_module, tmp_path):
     loaded = load(spec)
     torch.testing.assert_close(loaded.model.model.head.bias, torch.ones(10))
     assert loaded.identity["weights_sha256"] and "state_sha256" not in loaded.identity
+
+
+def test_a_factory_teacher_with_batchnorm_and_no_weights_file_is_named_by_its_state(tmp_path):
+    """A factory that builds its own weights (here torchvision's resnet18 by import path, with
+    BatchNorm's 0-dim num_batches_tracked) is named by a hash of its whole state."""
+    spec = write_spec(tmp_path, arch="torchvision.models:resnet18",
+                      kwargs={"num_classes": 10}, input_size=32, **IMAGENET)  # fmt: skip
+    loaded = load(spec)
+    assert loaded.identity["state_sha256"] == state_sha256(loaded.model.model)
+    bn = nn.BatchNorm2d(4)
+    before = state_sha256(bn)
+    bn.num_batches_tracked += 1
+    assert state_sha256(bn) != before
 
 
 def test_teacher_identity_names_weights_arch_and_preprocessing(weights, tmp_path, factory_module):

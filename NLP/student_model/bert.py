@@ -170,8 +170,9 @@ def student_from_base(
     with a head for ``classes``, e.g. the packaged MiniLM-L6) and keeps its tokenizer: a BERT
     base is copied whole, or ``layers`` of its layers (every k-th, as
     :func:`truncated_teacher`), with no dropout on attention probabilities like every student;
-    another BERT-family base is copied whole. The classifier head is drawn afresh from the
-    seed set before the call (a base has no trained head for these classes)."""
+    another BERT-family base is copied whole, with the dropout it was configured with. The
+    classifier head is drawn afresh from the seed set before the call (a base has no trained
+    head for these classes)."""
     if base.config.model_type == "bert":
         student = truncated_teacher(base, layers or base.config.num_hidden_layers, classes)
     elif layers is not None:

@@ -638,7 +638,8 @@ def state_sha256(model: nn.Module) -> str:
         if isinstance(tensor, Tensor):
             t = tensor.detach().cpu().contiguous()
             h.update(f"{t.dtype}{list(t.shape)}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            # reshape(-1): a 0-dim tensor (BatchNorm's num_batches_tracked) has no byte view.
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
