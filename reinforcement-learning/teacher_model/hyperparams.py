@@ -85,6 +85,25 @@ _PPO_PAPER_MUJOCO = dict(
 )
 
 
+# LunarLander, discrete and continuous: the zoo's one entry for both (-v2).
+_LUNAR_LANDER = EnvSettings(
+    ppo=PPOHyperparams(
+        n_envs=16,
+        n_steps=1024,
+        batch_size=64,
+        n_epochs=4,
+        gamma=0.999,
+        gae_lambda=0.98,
+        ent_coef=0.01,
+        total_timesteps=1_000_000,
+    ),
+    student_hidden=(32,),
+    rounds=20,
+    steps_per_round=10_000,
+    solved=200.0,
+)
+
+
 ENV_TABLE: dict[str, EnvSettings] = {
     "CartPole-v1": EnvSettings(
         ppo=PPOHyperparams(
@@ -105,38 +124,8 @@ ENV_TABLE: dict[str, EnvSettings] = {
         steps_per_round=2_000,
         solved=475.0,
     ),
-    "LunarLander-v3": EnvSettings(
-        ppo=PPOHyperparams(
-            n_envs=16,
-            n_steps=1024,
-            batch_size=64,
-            n_epochs=4,
-            gamma=0.999,
-            gae_lambda=0.98,
-            ent_coef=0.01,
-            total_timesteps=1_000_000,
-        ),
-        student_hidden=(32,),
-        rounds=20,
-        steps_per_round=10_000,
-        solved=200.0,
-    ),
-    "LunarLanderContinuous-v3": EnvSettings(
-        ppo=PPOHyperparams(
-            n_envs=16,
-            n_steps=1024,
-            batch_size=64,
-            n_epochs=4,
-            gamma=0.999,
-            gae_lambda=0.98,
-            ent_coef=0.01,
-            total_timesteps=1_000_000,
-        ),
-        student_hidden=(32,),
-        rounds=20,
-        steps_per_round=10_000,
-        solved=200.0,
-    ),
+    "LunarLander-v3": _LUNAR_LANDER,
+    "LunarLanderContinuous-v3": _LUNAR_LANDER,
     "Acrobot-v1": EnvSettings(
         ppo=PPOHyperparams(
             n_envs=16,
