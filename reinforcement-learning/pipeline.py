@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +144,9 @@ class DistillSpec:
     select_best: bool = False
     """End with the student of the round whose validation return was best (needs
     checkpoints: ``settings``), not the last round's."""
+    lr_decay: bool = False
+    """Decay the learning rate along a cosine to 0 over all rounds' optimizer steps (else
+    constant)."""
 
 
 @dataclass
@@ -213,6 +217,10 @@ def _distillation_loop(
         run.seed,
     )
     optimizer = torch.optim.Adam(trainable_parameters(student, loss), lr=run.lr)
+    schedule = None
+    if run.lr_decay:
+        total = max(run.rounds * run.train_steps_per_round, 1)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, CosineToZero(total))
 
     def evaluate(model: nn.Module) -> dict[str, float]:
         # Validation episodes (not the test seeds) for the learning curve in metrics.jsonl.
@@ -250,6 +258,7 @@ def _distillation_loop(
         adapter=PolicyAdapter(),
         train_data=batches,
         optimizer=optimizer,
+        scheduler=schedule,
         accelerator=make_accelerator(
             mixed_precision=run.mixed_precision, gradient_accumulation_steps=run.grad_accum
         ),
@@ -257,6 +266,17 @@ def _distillation_loop(
         callbacks=callbacks,
     )
     return loop, batches
+
+
+@dataclass(frozen=True)
+class CosineToZero:
+    """Learning-rate factor ``(1 + cos(pi * step / total)) / 2``: 1 at the start, 0 from
+    ``total`` steps on (a picklable callable for ``LambdaLR``)."""
+
+    total: int
+
+    def __call__(self, step: int) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, self.total) / self.total))
 
 
 def actor_to_compact(

@@ -128,8 +128,9 @@ class PolicyDistillTask:
             # Resolved: the table's width can change under an unchanged command line.
             "student_hidden": list(self.hidden),
         }
-        if not args.select_best:  # recorded only when set: earlier runs keep their settings
-            del self.settings["select_best"]
+        for flag in ("select_best", "lr_decay"):  # recorded only when set: earlier runs
+            if not getattr(args, flag):  # keep their settings
+                del self.settings[flag]
         self.cacheable, self.why_not_cached = frozenset(), ONLINE_REASON
 
     def _student(self, normalization: Any) -> CompactPolicy:
@@ -230,6 +231,7 @@ class PolicyDistillTask:
                 resume=args.resume,
                 checkpoint_every=args.checkpoint_every,
                 select_best=args.select_best,
+                lr_decay=args.lr_decay,
             ),
         )
         budget = {

@@ -5,6 +5,7 @@ user can run into, and GIF playback."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import subprocess
 import sys
@@ -337,6 +338,26 @@ def test_select_best_ends_with_the_best_validation_round(
     assert val.mean == pytest.approx(max(curve) if select_best else curve[-1])
 
 
+def test_lr_decay_follows_a_cosine_to_zero(teacher_dir, tmp_path):
+    """--lr-decay: the learning rate falls along a cosine from --lr to 0 over all rounds'
+    optimizer steps; without it, it stays at --lr."""
+    from reinforcement_learning.pipeline import CosineToZero
+
+    cosine = CosineToZero(80)
+    assert [cosine(s) for s in (0, 40, 80, 120)] == pytest.approx([1.0, 0.5, 0.0, 0.0])
+    argv = [*TINY, "--rounds", "4", "--teacher", str(teacher_dir), "--methods", "dagger"]
+    for flag, out in (([], "constant"), (["--lr-decay"], "decay")):
+        distill.main([*argv, *flag, "--out-dir", str(tmp_path / out)])
+    rates = {}
+    for out in ("constant", "decay"):
+        lines = (tmp_path / out / "dagger" / "seed-0" / "metrics.jsonl").read_text().splitlines()
+        rates[out] = [x["train/lr"] for x in map(json.loads, lines) if x["event"] == "epoch"]
+    assert rates["constant"] == pytest.approx([3e-3] * len(rates["constant"]))
+    decay = rates["decay"][:4]  # one point per round (80 steps of 20)
+    assert all(a > b for a, b in itertools.pairwise(decay))
+    assert decay[0] > 0.8 * 3e-3 and decay[-1] < 0.1 * 3e-3
+
+
 def test_distillation_copies_the_teacher(teacher_dir, tmp_path):
     """With a real (if small) budget the student must act like the teacher almost everywhere,
     far above what an untrained student does."""
@@ -461,6 +482,21 @@ def test_a_killed_distillation_resumes_to_the_same_student(
     want = _assert_same_run(run, uninterrupted / method / "seed-0")
     score = want["metrics"]["final"]["test/return_mean"]
     assert f"{method} seed 0: test/return_mean {score:.4g}" in out
+
+
+def test_a_killed_run_with_lr_decay_and_select_best_resumes_to_the_same_student(
+    teacher_dir, tmp_path, monkeypatch
+):
+    """The learning-rate schedule and the best round's weights survive a kill too."""
+    flags = ["--lr-decay", "--select-best"]
+    reference = tmp_path / "reference"
+    distill.main([*_distill_argv(teacher_dir, reference, "dagger"), *flags])
+    argv = [*_distill_argv(teacher_dir, tmp_path / "killed", "dagger"), *flags]
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        _crash(m, "mid-round")
+        distill.main(argv)
+    distill.main(argv)
+    _assert_same_run(tmp_path / "killed" / "dagger" / "seed-0", reference / "dagger" / "seed-0")
 
 
 def test_a_resume_whose_rounds_do_not_replay_is_refused(

@@ -88,6 +88,9 @@ class Args(DistillArgs):
     """States per optimizer step."""
     lr: float = 3e-3
     """Adam learning rate of the student."""
+    lr_decay: bool = False
+    """Decay the learning rate along a cosine to 0 over all rounds' optimizer steps (else
+    constant): the last rounds settle instead of swinging."""
     buffer_size: int = 100_000
     """Replay buffer capacity in states (the oldest are dropped first)."""
     beta_decay: float = 0.5
