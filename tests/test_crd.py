@@ -13,9 +13,9 @@ from accelerate.utils import set_seed
 from conftest import IMAGE_SMALL
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
-from toy import Adapter, N, Net, ToyData, make_teacher
+from toy import Adapter, Crash, N, Net, ToyData, make_teacher
 
-from common.callbacks import Callback, CheckpointCallback
+from common.callbacks import CheckpointCallback
 from common.checkpoint import latest_checkpoint
 from common.errors import CheckpointError, ConfigError
 from common.losses import (
@@ -269,22 +269,13 @@ CRD_OPTIONS = {
 }
 
 
-class _Crash(Callback):
-    def __init__(self, at_step: int) -> None:
-        self.at_step = at_step
-
-    def on_step_end(self, loop, logs):
-        if loop.state.step == self.at_step:
-            raise KeyboardInterrupt
-
-
 def _crd_loop(run_dir, crash_at=None, epochs=2, options=None) -> DistillationLoop:
     teacher = make_teacher()
     set_seed(0)
     student = Net(hidden=16)
     loss = build_loss("ce=0.5,crd=0.5", {"crd": {**CRD_OPTIONS, **(options or {})}})
     optimizer = torch.optim.AdamW(trainable_parameters(student, loss), lr=0.05)
-    callbacks = [_Crash(crash_at)] if crash_at is not None else []
+    callbacks = [Crash(crash_at)] if crash_at is not None else []
     callbacks.append(CheckpointCallback(run_dir / "checkpoints", every_steps=4, save_best=False))
     return DistillationLoop(
         student=student,

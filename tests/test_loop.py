@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from toy import Adapter, N, Net, ToyData, make_loop, make_teacher, trained_weights
+from toy import Adapter, Crash, N, Net, ToyData, make_loop, make_teacher, trained_weights
 
 from common.callbacks import Callback, EvaluateCallback, ProgressBar, TensorBoardLogger
 from common.checkpoint import latest_checkpoint, list_checkpoints
@@ -49,17 +49,6 @@ def _run(loop: DistillationLoop) -> DistillationLoop:
     return loop
 
 
-class _Crash(Callback):
-    """Simulate a kill: raise after a given step (after that step's checkpoint, if any)."""
-
-    def __init__(self, at_step: int) -> None:
-        self.at_step = at_step
-
-    def on_step_end(self, loop, logs):
-        if loop.state.step == self.at_step:
-            raise KeyboardInterrupt
-
-
 # 8 steps per epoch: mid-epoch 1, at the boundary, mid-epoch 2 (checkpoint at 12), epoch 3.
 @pytest.mark.parametrize("crash_at", [5, 8, 13, 19])
 def test_killed_run_resumes_to_the_same_weights(tmp_path, crash_at):
@@ -69,7 +58,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, crash_at):
     with pytest.raises(KeyboardInterrupt):
         # The crash callback goes before the checkpoint callback, so step `crash_at` itself
         # is never saved: the resume must redo it from the previous checkpoint.
-        make_loop(run_dir, checkpoint_every=4, callbacks=[_Crash(crash_at)]).run()
+        make_loop(run_dir, checkpoint_every=4, callbacks=[Crash(crash_at)]).run()
     saved = latest_checkpoint(run_dir / "checkpoints")
     assert saved is not None
     loop = make_loop(run_dir, checkpoint_every=4)

@@ -112,6 +112,17 @@ def make_loop(
     )
 
 
+class Crash(Callback):
+    """Simulate a kill: raise after a given step (after that step's checkpoint, if any)."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_step_end(self, loop, logs):
+        if loop.state.step == self.at_step:
+            raise KeyboardInterrupt
+
+
 def trained_weights(loop: DistillationLoop) -> dict[str, torch.Tensor]:
     weights = {f"student.{k}": v.detach().clone() for k, v in loop.student.state_dict().items()}
     weights.update(
