@@ -230,11 +230,9 @@ class TextDistillTask:
             "teacher_sha256": self.digest,
             "lr_used": self.lr,
             "steps": self.steps,
-            **args_dict(args, NOT_SETTINGS),
+            **args_dict(args, NOT_SETTINGS, only_when_set=("student_base",)),
         }
-        if self.base_model is None:  # unset: the record finished runs had before the option
-            del self.settings["student_base"]
-        else:
+        if self.base_model is not None:
             self.settings["student_tokenizer"] = tokenizer_fingerprint(self.s_tokenizer)
         self.cacheable, self.why_not_cached = frozenset({"logits"}), LIVE_REASON
         self.cache: TeacherOutputCache | None = None

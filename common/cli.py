@@ -260,16 +260,21 @@ them only when set, so a run with the defaults keeps the record it had before th
 and is never recorded."""
 
 
-def args_dict(args: Any, exclude: Sequence[str] = ()) -> dict[str, Any]:
+def args_dict(
+    args: Any, exclude: Sequence[str] = (), only_when_set: Sequence[str] = ()
+) -> dict[str, Any]:
     """A dataclass of arguments as JSON-ready values (paths as strings), without ``exclude``
     and without runtime options at their defaults: what a run records as its settings and
-    compares on resume or reuse."""
+    compares on resume or reuse. ``only_when_set``: options newer than finished runs, left
+    out at their field defaults, so those runs keep the record they had before the option."""
+    newer = {f.name: f.default for f in dataclasses.fields(args) if f.name in only_when_set}
     return {
         k: str(v) if isinstance(v, Path) else v
         for k, v in dataclasses.asdict(args).items()
         if k not in exclude
         and k != "num_workers"
         and not (k in RUNTIME_DEFAULTS and v == RUNTIME_DEFAULTS[k])
+        and not (k in newer and v == newer[k])
     }
 
 

@@ -311,9 +311,9 @@ class BaselineCurve(BaseCallback):
         self.path, self.every, self.env_id, self.spec = Path(path), every, env_id, spec
         self.hidden, self.episodes = hidden, episodes
         self.next, self.points = every, 0
-        self.best: tuple[float, CompactPolicy, ObsNormalization] | None = None
-        """The best point so far: (val return, the actor as a compact policy, its
-        observation statistics); the first of equal returns."""
+        self.best: tuple[CompactPolicy, ObsNormalization] | None = None
+        """The best point so far (the first of equal returns): the actor as a compact policy
+        and its observation statistics."""
         self.best_at: dict[str, Any] = {}
         """Where it was: the ``best`` record of a results file (metric, value, point, env
         steps, candidates: the number of points)."""
@@ -344,8 +344,8 @@ class BaselineCurve(BaseCallback):
             )
         self.points += 1
         value = metrics["val/return_mean"]
-        if self.best is None or value > self.best[0]:
-            self.best = (value, student, normalization)
+        if self.best is None or value > self.best_at["value"]:
+            self.best = (student, normalization)
             self.best_at = {
                 "metric": "val/return",
                 "value": value,
@@ -394,7 +394,7 @@ def train_baseline(
     )
     best_at = curve[0].best_at if curve else {}
     if select_best and curve and curve[0].best is not None:
-        _, best, normalization = curve[0].best
+        best, normalization = curve[0].best
         return best, run, normalization, best_at
     normalization = run.normalization
     student = actor_to_compact(run.model.policy, hidden, spec, normalization)

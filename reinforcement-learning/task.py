@@ -122,15 +122,16 @@ class PolicyDistillTask:
         self.settings = {
             "teacher_sha256": digest,
             # --vec-env is left out: both kinds collect the same states (tests check it).
-            **args_dict(args, (*NOT_SETTINGS, "run_root", "cache", "vec_env")),
+            **args_dict(
+                args,
+                (*NOT_SETTINGS, "run_root", "cache", "vec_env"),
+                only_when_set=("select_best", "lr_decay"),
+            ),
             "rounds": self.rounds,
             "steps_per_round": self.steps_per_round,
             # Resolved: the table's width can change under an unchanged command line.
             "student_hidden": list(self.hidden),
         }
-        for flag in ("select_best", "lr_decay"):  # recorded only when set: earlier runs
-            if not getattr(args, flag):  # keep their settings
-                del self.settings[flag]
         self.cacheable, self.why_not_cached = frozenset(), ONLINE_REASON
 
     def _student(self, normalization: Any) -> CompactPolicy:

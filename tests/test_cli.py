@@ -89,3 +89,24 @@ def test_run_main_turns_user_errors_into_a_message(capsys):
         run_main(bad)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == "error: unknown loss 'kd2'; known: kd"
+
+
+def test_args_dict_records_newer_options_only_when_set():
+    """What a run records as its settings: paths as strings, ``exclude`` left out, and an
+    ``only_when_set`` option only away from its field default (so runs finished before the
+    option keep their record), whatever its value type."""
+    from common.cli import args_dict
+
+    @dataclass
+    class Newer:
+        lr: float = 0.1
+        out: Path = Path("runs/x")
+        best: bool = False
+        base: str | None = None
+
+    only = ("best", "base")
+    assert args_dict(Newer(), ("lr",), only_when_set=only) == {"out": "runs/x"}
+    assert args_dict(Newer(best=True, base="minilm"), only_when_set=only) == {
+        "lr": 0.1, "out": "runs/x", "best": True, "base": "minilm"
+    }  # fmt: skip
+    assert args_dict(Newer()) == {"lr": 0.1, "out": "runs/x", "best": False, "base": None}

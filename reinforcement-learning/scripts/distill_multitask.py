@@ -145,13 +145,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         score_references(s, args.eval_episodes, args.val_episodes)
     rounds = args.rounds or max(env_settings(s.env_id).rounds for s in setups)
     settings = {
-        **args_dict(args, ("tasks", "seeds", "seed_start", "out_dir", "resume")),
+        **args_dict(
+            args,
+            ("tasks", "seeds", "seed_start", "out_dir", "resume"),
+            only_when_set=("select_best",),
+        ),
         "rounds": rounds,
         "teachers": {s.env_id: s.sha256 for s in setups},
         "steps_per_round": {s.env_id: s.steps_per_round for s in setups},
     }
-    if not args.select_best:  # recorded only when set: earlier runs keep their settings
-        del settings["select_best"]
     records = []
     for seed in range(args.seed_start, args.seed_start + args.seeds):
         seed_settings = {**settings, "seed": seed}

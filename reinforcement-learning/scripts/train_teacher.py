@@ -5,10 +5,10 @@
     python -m reinforcement_learning.scripts.train_teacher --preset full --env-id Pendulum-v1
 
 Hyperparameters come from the per-environment table (rl-zoo's tuned PPO settings, the PPO
-paper's for the MuJoCo tasks; see ``teacher_model/hyperparams.py``). Writes ``<run-dir>/model/`` (``ppo.zip``,
-``normalization.json`` with the frozen VecNormalize statistics, ``config.json``), SB3's
-``sb3/progress.csv`` and ``results.json``; the run directory defaults to
-``<run-root>/<env-id>/teacher``. About every tenth of the run, the model and the
+paper's for the MuJoCo tasks; see ``teacher_model/hyperparams.py``). Writes
+``<run-dir>/model/`` (``ppo.zip``, ``normalization.json`` with the frozen VecNormalize
+statistics, ``config.json``), SB3's ``sb3/progress.csv`` and ``results.json``; the run
+directory defaults to ``<run-root>/<env-id>/teacher``. About every tenth of the run, the model and the
 VecNormalize state are saved to ``checkpoints/``; a killed run started again with the same
 command resumes from there.
 """
