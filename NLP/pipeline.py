@@ -12,6 +12,8 @@ from datasets import Dataset
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from common.cache import CachedTeacherAdapter, ViewOutputCache
+from common.errors import ConfigError
 from common.losses import CombinedLoss
 from common.metrics import (
     classification_metrics,
@@ -76,6 +78,65 @@ class TextAdapter:
 
     def teacher(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return self._run(model, batch, 1)
+
+
+class StateCacheAdapter(CachedTeacherAdapter):
+    """The teacher's logits, hidden states and attention maps read from a state cache (a
+    one-view :class:`~common.cache.ViewOutputCache`, every text's states padded to one fixed
+    length, float16, memory-mapped), cut to the batch's length; the student runs as before.
+    A text's real tokens get the states a live teacher gives them (padding is masked)."""
+
+    def teacher(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        if not isinstance(model, ViewOutputCache):
+            raise ConfigError("StateCacheAdapter needs the teacher's state cache as the teacher")
+        index = batch["index"]
+        out = model.lookup(index, torch.zeros_like(index))
+        width = batch["input_ids"].shape[1]
+        if "hidden" in out:  # [B, length, pairs, D]
+            out["hidden"] = out["hidden"][:, :width]
+        if "attention" in out:  # [B, heads, length, length]
+            out["attention"] = out["attention"][:, :, :width, :width]
+        return out
+
+
+def state_specs(teacher: nn.Module, taps: Taps, length: int, classes: int) -> dict[str, Any]:
+    """What a state cache holds per text (shape, stored dtype): float32 logits, and the
+    tapped hidden states and attention maps in float16 at ``length`` tokens."""
+    cfg = teacher.config
+    specs: dict[str, Any] = {"logits": ((classes,), torch.float32)}
+    if taps.hidden:
+        specs["hidden"] = ((length, len(taps.hidden), cfg.hidden_size), torch.float16)
+    if taps.attention is not None:
+        specs["attention"] = ((cfg.num_attention_heads, length, length), torch.float16)
+    return specs
+
+
+def state_rows(
+    teacher: nn.Module, taps: Taps, split: Dataset, length: int, pad_id: int, batch_size: int = 64
+) -> Any:
+    """``compute(start, stop)`` for :func:`common.cache.load_or_build_views`: the teacher's
+    outputs on texts ``start..stop-1`` of ``split`` (in eval mode), each padded with zeros
+    to ``length`` tokens, as ``[texts, 1, ...]``."""
+    adapter = TextAdapter(taps)
+
+    @torch.no_grad()
+    def compute(start: int, stop: int) -> dict[str, Tensor]:
+        was_training = teacher.training
+        teacher.eval()
+        parts: dict[str, list[Tensor]] = {}
+        for batch in make_loader(split.select(range(start, stop)), batch_size, False, pad_id):
+            out = adapter.teacher(teacher, batch)
+            pad = length - batch["input_ids"].shape[1]
+            if "hidden" in out:
+                out["hidden"] = nn.functional.pad(out["hidden"], (0, 0, 0, 0, 0, pad))
+            if "attention" in out:
+                out["attention"] = nn.functional.pad(out["attention"], (0, pad, 0, pad))
+            for k, v in out.items():
+                parts.setdefault(k, []).append(v.cpu())
+        teacher.train(was_training)
+        return {k: torch.cat(v)[:, None] for k, v in parts.items()}
+
+    return compute
 
 
 @torch.no_grad()

@@ -17,10 +17,12 @@ from torch import Tensor
 from common.cache import (
     CachedTeacherAdapter,
     TeacherOutputCache,
+    ViewOutputCache,
     cache_key,
     compute_outputs,
     default_cache_dir,
     fingerprint,
+    load_or_build_views,
     load_or_compute,
 )
 from common.cli import args_dict
@@ -45,6 +47,7 @@ from nlp.data.text import (
 from nlp.model_io import load_model_dir, save_model_dir, weights_digest
 from nlp.pipeline import (
     MODEL_INPUTS,
+    StateCacheAdapter,
     Taps,
     TextAdapter,
     describe_model,
@@ -52,13 +55,15 @@ from nlp.pipeline import (
     predict_logits,
     run_training,
     speed_report,
+    state_rows,
+    state_specs,
 )
 from nlp.student_model.bert import build_student, position_offset, spread, student_from_base
 from nlp.teacher_model.bert import load_classifier, load_tokenizer, model_classes
 
 LIVE_REASON = (
-    "hidden states and attention maps are per token, in batches of varying length, and would "
-    "take gigabytes to cache; logits are cached"
+    "a student with another tokenizer reads other tokens than the teacher's: only the "
+    "teacher's logits (one row per text) can be cached for it"
 )
 OTHER_TOKENIZER = (
     "the student's tokenizer differs from the teacher's (--student-base {base}): "
@@ -234,8 +239,13 @@ class TextDistillTask:
         }
         if self.base_model is not None:
             self.settings["student_tokenizer"] = tokenizer_fingerprint(self.s_tokenizer)
-        self.cacheable, self.why_not_cached = frozenset({"logits"}), LIVE_REASON
+        # Logits are cached per text; hidden states and attention maps per token, which needs
+        # the student to read the teacher's tokens.
+        states = {"hidden", "attention"} if self.same_tokenizer else set()
+        self.cacheable, self.why_not_cached = frozenset({"logits", *states}), LIVE_REASON
         self.cache: TeacherOutputCache | None = None
+        self.state_cache: ViewOutputCache | None = None
+        self.state_taps, self.state_stats = Taps(), {}
 
     def _student(self) -> Any:
         a = self.args
@@ -298,6 +308,8 @@ class TextDistillTask:
             return {}
         if self.args.cache:
             logits, info = self._cached_logits()
+            if cache_keys - {"logits"}:
+                self._cached_states(cache_keys)
         else:
             logits, info = self._live_transfer_logits(), {}
         if self.transfer is not None:
@@ -329,6 +341,52 @@ class TextDistillTask:
             print(stats.describe())
         return self.cache.get("logits"), stats.to_dict()
 
+    def _cached_states(self, keys: frozenset[str]) -> None:
+        """The teacher's hidden states and attention maps at the layers the methods tap (one
+        file for all of them), every text padded to the longest text's length: float16,
+        built in resumable chunks and memory-mapped (:func:`common.cache.load_or_build_views`
+        with one view per text)."""
+        weights = {"hint": 1.0} if "hidden" in keys else {}
+        if "attention" in keys:
+            weights["attention_kl"] = 1.0
+        t_layers = self.teacher_model.config.num_hidden_layers
+        taps = method_taps(Method("states", weights), self.args, self.s_layers, t_layers)
+        length = max(len(ids) for ids in self.inputs["input_ids"])
+        specs = state_specs(self.teacher_model, taps, length, len(self.classes))
+        attn = "eager" if taps.attention else "sdpa"  # SDPA returns no attention maps
+        key = cache_key(
+            teacher_sha256=self.digest,
+            data_sha256=fingerprint(*token_tensors(self.inputs)),
+            preprocessing={
+                "max_length": self.max_length,
+                "padding": "fixed",
+                "length": length,
+                "pad_id": self.pad_id,
+                "taps": {"hidden": taps.hidden, "attention": taps.attention},
+                "attention_implementation": attn,
+            },
+            outputs=sorted(specs),
+        )
+        self.teacher_model.set_attn_implementation(attn)
+        self.state_cache, stats = load_or_build_views(
+            self.args.cache_dir or default_cache_dir(),
+            key,
+            examples=len(self.inputs),
+            views=1,
+            specs=specs,
+            compute=state_rows(self.teacher_model, taps, self.inputs, length, self.pad_id),
+            chunk=512,
+            progress=is_main_process(),
+        )
+        self.state_taps, self.state_stats = taps, stats.to_dict()
+        if is_main_process():
+            what = "hit" if stats.hit else "miss (computed)"
+            print(
+                f"teacher state cache {what}: {stats.examples:,} texts x {length} tokens "
+                f"({', '.join(k for k in specs if k != 'logits')}), "
+                f"{stats.size_bytes / 2**30:.2f} GiB, {stats.seconds:.1f} s ({stats.path})"
+            )
+
     def _live_transfer_logits(self) -> Tensor | None:
         n_train = len(self.train)
         if len(self.inputs) == n_train:
@@ -349,8 +407,12 @@ class TextDistillTask:
             student.set_attn_implementation("eager")
         self.teacher_model.set_attn_implementation("eager" if taps.attention else "sdpa")
         cached = plan.mode == "cache"
+        states = cached and bool(plan.reads - {"logits"})
+        if states:
+            self._check_state_taps(method, taps)
+        served = self.state_cache if states else self.cache
         if cached:
-            self.cache.hits = 0  # type: ignore[union-attr]
+            served.hits = 0  # type: ignore[union-attr]
         recipe = Recipe(
             name=f"{method.name} seed {seed}",
             run_dir=run_dir,
@@ -366,6 +428,8 @@ class TextDistillTask:
             grad_accum=args.grad_accum,
         )
         adapter = TextAdapter(taps)
+        if cached:
+            adapter = StateCacheAdapter(adapter) if states else CachedTeacherAdapter(adapter)
         student, state = run_training(
             student,
             method.build(),
@@ -373,8 +437,8 @@ class TextDistillTask:
             self.val,
             recipe,
             batch_size=args.batch_size,
-            adapter=CachedTeacherAdapter(adapter) if cached else adapter,
-            teacher={"cache": self.cache, "live": self.teacher_model, "none": None}[plan.mode],
+            adapter=adapter,
+            teacher={"cache": served, "live": self.teacher_model, "none": None}[plan.mode],
             config=settings,
             teacher_val_logits=self.t_val_logits,
             pad_id=self.s_pad_id,
@@ -410,6 +474,7 @@ class TextDistillTask:
                 "max_length": self.max_length,
                 "truncated_train_texts": count_truncated(self.train, self.max_length),
                 "taps": {"hidden": taps.hidden, "attention": taps.attention},
+                **({"state_cache": self.state_stats} if states else {}),
                 "student_tokenizer": "teacher's"
                 if self.base_model is None
                 else {
@@ -418,8 +483,21 @@ class TextDistillTask:
                     "sha256": tokenizer_fingerprint(self.s_tokenizer),
                 },
             },
-            batches_served=self.cache.hits if cached else None,  # type: ignore[union-attr]
+            batches_served=served.hits if cached else None,  # type: ignore[union-attr]
         )
+
+    def _check_state_taps(self, method: Method, taps: Taps) -> None:
+        """The state cache holds the layers every method of this invocation taps (they come
+        from the run's --hidden-layers and --attention-layers): a method reading it must tap
+        the same ones."""
+        cached = self.state_taps
+        if (taps.hidden and taps.hidden != cached.hidden) or (
+            taps.attention is not None and taps.attention != cached.attention
+        ):
+            raise ConfigError(
+                f"method {method.name!r} taps {taps}, the teacher's state cache holds {cached}; "
+                "run it in its own invocation"
+            )
 
     def student_name(self) -> str:
         a = self.args

@@ -140,9 +140,10 @@ def summarize(
     ratios. ``batch`` describes a training batch ("128 images"), ``unit`` the items/s unit."""
     base = steps["student alone"]["step_ms_median"]
     t, s = speed["teacher"], speed["student"]
+    named = {"kd, live teacher": "kd_live_over_alone", "kd, warm cache": "kd_cached_over_alone"}
     ratios = {
-        "kd_live_over_alone": steps["kd, live teacher"]["step_ms_median"] / base,
-        "kd_cached_over_alone": steps["kd, warm cache"]["step_ms_median"] / base,
+        # A configuration a run leaves out (e.g. live KD across tokenizers) has no ratio.
+        **{r: steps[c]["step_ms_median"] / base for c, r in named.items() if c in steps},
         "throughput_student_over_teacher": s["throughput"] / t["throughput"],
         "latency_teacher_over_student": t["latency_b1_ms"] / s["latency_b1_ms"],
     }
@@ -153,6 +154,14 @@ def summarize(
             f"  {config:18s} {r['step_ms_median']:8.1f} ms  ({r['step_ms_median'] / base:4.2f}x "
             f"student alone)  peak RSS {r['peak_rss_mib']:7.0f} MiB"
         )
+    for config, r in steps.items():
+        c = r.get("cache")
+        if c and "hit" in c:  # the teacher's outputs pass: its time (a miss) and size
+            what = "read from disk" if c["hit"] else "computed, the teacher's pass"
+            print(
+                f"  {config}: cache {what}: {c['examples']:,} examples in {c['seconds']:.1f} s, "
+                f"{c['size_bytes'] / 2**20:.2f} MiB"
+            )
     print(
         f"Inference: batch-1 latency teacher {t['latency_b1_ms']:.2f} ms vs student "
         f"{s['latency_b1_ms']:.2f} ms ({ratios['latency_teacher_over_student']:.1f}x); "

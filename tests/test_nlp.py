@@ -355,8 +355,10 @@ def test_each_method_runs_end_to_end(teacher_dir, tmp_path, method, student):
         assert cache["enabled"] is False
     elif method == "kd":
         assert cache["enabled"] and cache["examples"] == 160 and cache["batches_served"] == 5
-    else:  # hidden states and attention maps come from the live teacher
-        assert cache["enabled"] is False and cache["mode"] == "live" and "live" in cache["reason"]
+    else:  # hidden states and attention maps come from the teacher's state cache
+        assert cache["enabled"] and cache["batches_served"] == 5
+        states = res["extra"]["state_cache"]
+        assert states["examples"] == 160 and states["views"] == 1 and states["size_bytes"] > 0
 
 
 def test_seeds_give_mean_std_and_the_student_loads_in_pipeline(teacher_dir, tmp_path, no_network):
@@ -417,6 +419,74 @@ def test_cached_teacher_logits_train_the_same_student_as_the_live_teacher(teache
         # The cache pads 128 texts together, the live teacher 32: last float bits differ.
         assert torch.allclose(value, weights[1][key], atol=1e-4), key
         assert torch.equal(weights[1][key], weights[2][key]), key
+
+
+def test_cached_states_are_the_live_teachers_on_each_text(teacher_dir, tmp_path):
+    from common.experiment import TeacherPlan
+    from nlp.data.text import make_loader
+    from nlp.pipeline import StateCacheAdapter, TextAdapter
+    from nlp.task import TextDistillTask
+
+    args = distill.Args(
+        teacher=teacher_dir, max_train=128, max_test=64, max_length=32, max_transfer=32,
+        cache_dir=tmp_path / "cache", out_dir=tmp_path / "runs",
+    )  # fmt: skip
+    task = TextDistillTask(args)
+    keys = frozenset({"logits", "hidden", "attention"})
+    task.prepare({"kd+both": TeacherPlan("cache", "test", keys)}, keys)
+    cache, taps = task.state_cache, task.state_taps
+    assert taps.hidden == [(1, 1), (2, 1)] and taps.attention == (2, 1)  # tiny: 2 layers
+    length = max(len(ids) for ids in task.inputs["input_ids"])
+    assert cache.arrays["hidden"].shape == (160, 1, length, 2, 384)
+    assert cache.arrays["attention"].shape == (160, 1, 12, length, length)
+    assert cache.arrays["hidden"].dtype == "float16"
+    # A shuffled training batch, padded to its own longest text as the student's are: the
+    # cache gives each text what the live teacher gives it (fp16), at every real token.
+    teacher = task.teacher_model
+    batch = next(iter(make_loader(task.inputs, 16, True, task.pad_id)))
+    live = TextAdapter(taps).teacher(teacher, batch)
+    cached = StateCacheAdapter(TextAdapter(taps)).teacher(cache, batch)
+    assert set(cached) == {"logits", "hidden", "attention"}
+    assert torch.allclose(cached["logits"], live["logits"], atol=1e-4)
+    real = batch["attention_mask"].bool()
+    assert cached["hidden"].shape == live["hidden"].shape
+    assert torch.allclose(cached["hidden"][real], live["hidden"][real], atol=2e-2, rtol=1e-2)
+    pairs = real[:, None, :, None] & real[:, None, None, :]
+    c_att, l_att = (x.masked_select(pairs) for x in (cached["attention"], live["attention"]))
+    assert torch.allclose(c_att, l_att, atol=1e-3)
+    # The states of different texts differ (a lookup by the wrong row would show).
+    assert not torch.allclose(cached["hidden"][0, 0], cached["hidden"][1, 0])
+
+
+def test_hidden_and_attention_from_the_state_cache_train_the_live_teachers_student(
+    teacher_dir, tmp_path
+):
+    def run(name: str, *extra: str) -> dict:
+        distill.main(
+            [*SMALL, "--teacher", str(teacher_dir), "--methods", "kd+hidden", "kd+attention",
+             "--max-transfer", "32", "--epochs", "1", "--cache-dir", str(tmp_path / "cache"),
+             "--out-dir", str(tmp_path / name), *extra]
+        )  # fmt: skip
+        return {
+            m: load_results(tmp_path / name / m / "seed-0") for m in ("kd+hidden", "kd+attention")
+        }
+
+    live, first, second = run("live", "--no-cache"), run("first"), run("second")
+    state_files = list((tmp_path / "cache").glob("*.safetensors"))
+    assert len(state_files) == 2  # the logits for kd, and one state file for both methods
+    for method in ("kd+hidden", "kd+attention"):
+        assert live[method]["extra"]["teacher_cache"]["enabled"] is False
+        assert not first[method]["extra"]["state_cache"]["hit"]
+        assert second[method]["extra"]["state_cache"]["hit"]
+        assert first[method]["extra"]["teacher_cache"]["batches_served"] == 5
+        weights = [
+            load_classifier(str(tmp_path / name / method / "seed-0" / "model")).state_dict()
+            for name in ("live", "first", "second")
+        ]
+        for key, value in weights[0].items():
+            # float16 states: the students agree to a few 1e-4 after 5 steps, not bit for bit.
+            assert torch.allclose(value, weights[1][key], atol=2e-3), (method, key)
+            assert torch.equal(weights[1][key], weights[2][key]), (method, key)
 
 
 def test_a_finished_teacher_is_reused_unless_retrain(teacher_dir, one_layer_base, capsys):

@@ -241,5 +241,58 @@ def test_a_student_base_with_the_teachers_tokenizer_keeps_hidden_states(
     _distill(nlp_teacher, tmp_path, "--methods", "hidden", "--student-base", str(one_layer_base))
     res = load_results(tmp_path / "runs" / "hidden" / "seed-0")
     assert res["extra"]["student_tokenizer"]["same_as_teacher"] is True
-    assert res["extra"]["teacher_cache"]["mode"] == "live"
+    # The same tokens: the teacher's hidden states come from the state cache.
+    assert res["extra"]["teacher_cache"]["mode"] == "cache"
+    assert res["extra"]["state_cache"]["examples"] == 160
     assert res["extra"]["taps"]["hidden"] == [[1, 1]] and res["student"]["hidden"] == 384
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+def _benchmark(teacher, base, tmp_path):
+    from nlp.scripts import benchmark
+
+    return benchmark.main(
+        [
+            "--teacher", str(teacher), "--student-base", str(base), "--student-layers", "1",
+            "--texts", "48", "--batch-size", "16", "--warmup-steps", "1", "--steps", "2",
+            "--threads", "1", "--cache-dir", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "b.json"),
+        ]
+    )  # fmt: skip
+
+
+def test_benchmark_times_a_student_with_another_tokenizer_from_the_cache_only(
+    nlp_teacher, other_student, tmp_path, capsys
+):
+    out = _benchmark(nlp_teacher, other_student, tmp_path)
+    # A live teacher would need its own tokens: only the student alone and the cached KD.
+    assert set(out["steps"]) == {"student alone", "kd, warm cache"}
+    cache = out["steps"]["kd, warm cache"]["cache"]
+    assert cache["examples"] == 48 and not cache["hit"] and cache["size_bytes"] > 0
+    assert set(out["ratios"]) == {
+        "kd_cached_over_alone",
+        "throughput_student_over_teacher",
+        "latency_teacher_over_student",
+    }
+    # The student read its own tokens (its ~90-token vocabulary would fail on the teacher's
+    # ids, which go up to 30k): trained and timed.
+    assert out["inference"]["student"]["throughput"] > 0
+    printed = capsys.readouterr().out
+    assert "has its own tokenizer: KD from the cache only" in printed
+    assert "cache computed, the teacher's pass: 48 examples" in printed
+
+
+def test_benchmark_with_the_teachers_tokenizer_times_the_live_teacher_too(
+    nlp_teacher, one_layer_base, tmp_path
+):
+    from common.benchmark import CONFIGS
+
+    out = _benchmark(nlp_teacher, one_layer_base, tmp_path)
+    assert set(out["steps"]) == set(CONFIGS)
+    assert out["ratios"]["kd_live_over_alone"] > 0 and out["ratios"]["kd_cached_over_alone"] > 0
+    assert (
+        out["inference"]["teacher"]["tokens_per_text"]
+        == (out["inference"]["student"]["tokens_per_text"])
+    )

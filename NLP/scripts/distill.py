@@ -15,7 +15,9 @@ sentences of polarity's full reviews) labelled by the teacher, its argmax as the
 and its logits for ``kd``. The student alone cannot use it (nobody labels it). The teacher's
 logits on the labelled and transfer texts come from common's teacher-output cache (one pass,
 reused by every method, seed and later run with the same teacher and tokens), so ``kd``
-never runs the teacher; ``hidden`` and ``attention`` run it live (``--no-cache``: all live).
+never runs the teacher; ``hidden`` and ``attention`` read the teacher's tapped hidden states
+and attention maps from a state cache (float16, every text padded to the longest, written in
+resumable chunks and memory-mapped). ``--no-cache``: the teacher runs live for every method.
 
 ``--student-base minilm`` starts the student from a pretrained checkpoint with its own
 tokenizer (e.g. MiniLM-L6 under an MPNet teacher). Logit distillation works across
