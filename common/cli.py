@@ -94,7 +94,7 @@ def _add_field(
         "default": default,
         "help": f"{help_text} (default: {default!r})",
     }
-    if tp is bool and not optional:
+    if tp is bool:  # optional: unset (None) unless --flag or --no-flag is given
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         return
     if origin is typing.Literal:

@@ -6,7 +6,7 @@ one compact policy per method and seed."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,19 @@ def student_name(hidden: tuple[int, ...]) -> str:
     return "mlp-" + "x".join(map(str, hidden)) if hidden else "linear"
 
 
+TABLE_OPTIONS = ("train_steps_per_round", "val_episodes", "lr_decay")
+"""distill.py options that default to the environment's table entry when left unset."""
+
+
+def with_table_defaults(args: Any) -> Any:
+    """``args`` with each of :data:`TABLE_OPTIONS` left unset (None) taken from the table
+    entry of ``args.env_id``; a flag or preset value wins."""
+    table = env_settings(args.env_id)
+    return replace(
+        args, **{k: getattr(table, k) for k in TABLE_OPTIONS if getattr(args, k) is None}
+    )
+
+
 class PolicyDistillTask:
     """A PPO teacher distilled into a compact policy (see
     :class:`common.experiment.DistillTask`)."""
@@ -60,9 +73,9 @@ class PolicyDistillTask:
     domain = "reinforcement-learning"
 
     def __init__(self, args: Any) -> None:
-        self.args = args
         check_env_id(args.env_id)
         table = env_settings(args.env_id)
+        self.args = args = with_table_defaults(args)  # for every use below
         teacher_path = args.teacher or args.run_root / args.env_id / "teacher" / "model"
         self.t = teacher = load_teacher(teacher_path, env_id=args.env_id)
         self.spec = spec = env_space_spec(args.env_id)
@@ -124,9 +137,11 @@ class PolicyDistillTask:
             # --vec-env is left out: both kinds collect the same states (tests check it).
             **args_dict(
                 args,
-                (*NOT_SETTINGS, "run_root", "cache", "vec_env"),
-                only_when_set=("select_best", "lr_decay"),
+                (*NOT_SETTINGS, "run_root", "cache", "vec_env", "lr_decay"),
+                only_when_set=("select_best",),
             ),
+            # Newer than the first finished runs: recorded only when on.
+            **({"lr_decay": True} if args.lr_decay else {}),
             "rounds": self.rounds,
             "steps_per_round": self.steps_per_round,
             # Resolved: the table's width can change under an unchanged command line.

@@ -30,6 +30,8 @@ class Args:
     """Optional step budget."""
     layers: tuple[str, ...] = ("a", "b")
     """Tapped layers."""
+    decay: bool | None = None
+    """Optional switch: unset unless given (a table decides)."""
 
 
 QUICK = Args(epochs=1, lr=0.5)
@@ -37,6 +39,9 @@ QUICK = Args(epochs=1, lr=0.5)
 
 def test_defaults_presets_and_overrides():
     assert parse_args(Args, []) == Args()
+    assert parse_args(Args, []).decay is None
+    assert parse_args(Args, ["--decay"]).decay is True
+    assert parse_args(Args, ["--no-decay"]).decay is False
     presets = {"quick": QUICK}
     assert parse_args(Args, ["--preset", "quick"], presets) == QUICK
     args = parse_args(

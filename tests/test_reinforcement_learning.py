@@ -338,6 +338,23 @@ def test_select_best_ends_with_the_best_validation_round(
     assert val.mean == pytest.approx(max(curve) if select_best else curve[-1])
 
 
+def test_unset_distillation_options_come_from_the_environments_table():
+    from common.cli import parse_args
+    from reinforcement_learning.task import with_table_defaults
+
+    def resolved(*argv: str) -> tuple:
+        args = with_table_defaults(parse_args(distill.Args, list(argv), distill.PRESETS))
+        return args.train_steps_per_round, args.val_episodes, args.lr_decay
+
+    walker = ("--preset", "full", "--env-id", "Walker2d-v5")
+    assert resolved(*walker) == (2000, 10, True)
+    assert resolved(*walker, "--no-lr-decay", "--val-episodes", "3") == (2000, 3, False)
+    assert resolved("--preset", "full") == (500, 5, False)  # LunarLander-v3
+    assert resolved("--preset", "full", "--env-id", "Hopper-v5", "--lr-decay") == (500, 5, True)
+    assert resolved("--preset", "quick") == (250, 5, False)  # the quick preset's own 250
+    assert resolved("--env-id", "MountainCar-v0") == (500, 5, False)  # not in the table
+
+
 def test_lr_decay_follows_a_cosine_to_zero(teacher_dir, tmp_path):
     """--lr-decay: the learning rate falls along a cosine from --lr to 0 over all rounds'
     optimizer steps; without it, it stays at --lr."""

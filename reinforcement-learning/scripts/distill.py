@@ -82,15 +82,17 @@ class Args(DistillArgs):
     """Collect-then-train rounds; unset: the table's value."""
     steps_per_round: int | None = None
     """Environment steps collected per round; unset: the table's value."""
-    train_steps_per_round: int = 250
-    """Optimizer steps on the replay buffer after each collection."""
+    train_steps_per_round: int | None = None
+    """Optimizer steps on the replay buffer after each collection; unset: the table's value
+    (500; Walker2d-v5 2000)."""
     batch_size: int = 256
     """States per optimizer step."""
     lr: float = 3e-3
     """Adam learning rate of the student."""
-    lr_decay: bool = False
+    lr_decay: bool | None = None
     """Decay the learning rate along a cosine to 0 over all rounds' optimizer steps (else
-    constant): the last rounds settle instead of swinging."""
+    constant): the last rounds settle instead of swinging; unset: the table's value (on for
+    Walker2d-v5)."""
     buffer_size: int = 100_000
     """Replay buffer capacity in states (the oldest are dropped first)."""
     beta_decay: float = 0.5
@@ -105,8 +107,9 @@ class Args(DistillArgs):
     """Collect with sampled (not greedy) actions, for more varied states."""
     eval_episodes: int = 20
     """Seeded test episodes (greedy actions) per policy: the reported mean ± std return."""
-    val_episodes: int = 5
-    """Validation episodes after each round (learning curve in metrics.jsonl)."""
+    val_episodes: int | None = None
+    """Validation episodes after each round (learning curve in metrics.jsonl); unset: the
+    table's value (5; Walker2d-v5 10)."""
     select_best: bool = False
     """End each run with its student of the best validation round (val episodes, never the
     test seeds), not the last round's; the PPO baseline then ends with the best point of its
@@ -120,14 +123,18 @@ class Args(DistillArgs):
 
 # Quick: CartPole-v1, 3 rounds of 1000 env steps per method, 3 seeds (docs/measured.md).
 QUICK = Args(
-    rounds=3, steps_per_round=1000, seeds=3, run_root=Path("runs/quick/reinforcement-learning")
+    rounds=3,
+    steps_per_round=1000,
+    train_steps_per_round=250,
+    seeds=3,
+    run_root=Path("runs/quick/reinforcement-learning"),
 )
 # Full: LunarLander-v3, 20 rounds of 10k steps, each run ending with its best validation
-# round (the baseline: its best curve point); --env-id for the other tasks.
+# round (the baseline: its best curve point); --env-id for the other tasks, with the rounds,
+# student and optimizer steps of their table entry.
 FULL = Args(
     env_id="LunarLander-v3",
     seeds=3,
-    train_steps_per_round=500,
     buffer_size=200_000,
     select_best=True,
     run_root=Path("runs/full/reinforcement-learning"),
