@@ -132,6 +132,8 @@ def load_distill_data(args: Any, meta: dict, classes: list[str]) -> tuple[Any, s
         classes=classes,
         transfer=args.transfer,
         max_transfer=args.max_transfer,
+        transfer_copies=args.transfer_copies,
+        word_dropout=args.word_dropout,
     )
     return data, dataset, data_file
 
@@ -235,7 +237,11 @@ class TextDistillTask:
             "teacher_sha256": self.digest,
             "lr_used": self.lr,
             "steps": self.steps,
-            **args_dict(args, NOT_SETTINGS, only_when_set=("student_base",)),
+            **args_dict(
+                args,
+                NOT_SETTINGS,
+                only_when_set=("student_base", "transfer_copies", "word_dropout"),
+            ),
         }
         if self.base_model is not None:
             self.settings["student_tokenizer"] = tokenizer_fingerprint(self.s_tokenizer)

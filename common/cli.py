@@ -182,6 +182,8 @@ FIELD_RULES: dict[str, Rule] = {
     "val_frac": _fraction("0.1"),
     "test_frac": _fraction("0.15"),
     "beta_decay": Rule(lambda v: 0 <= v <= 1, "between 0 and 1", "0.5"),
+    "transfer_copies": _at_least(0, "1"),
+    "word_dropout": _fraction("0.1"),
 }
 """Allowed values of every script field with that name, checked by :func:`parse_args` before
 any work starts (a field set to None means "unset" and is not checked)."""

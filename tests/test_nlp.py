@@ -151,8 +151,65 @@ def test_transfer_sentences_exclude_the_held_out_texts(tmp_path):
     own.write_text(f"one two three\n\nhi\n{held_out}\none two three\nfour five six\n")
     extra = load_transfer(str(own), "polarity", exclude={held_out})
     assert list(extra["text"]) == ["one two three", "four five six"]
-    with pytest.raises(ConfigError, match="neither one of auto, none, reviews"):
+    with pytest.raises(ConfigError, match="neither one of auto, none, reviews, remainder"):
         load_transfer(str(tmp_path / "absent.txt"), "polarity")
+
+
+def test_word_dropout_copies_are_seeded_subsequences_that_grow_the_transfer_set():
+    from nlp.data.text import word_dropout_copies
+
+    texts = ["the film is a quiet and lovely surprise", "one two three four five six seven"]
+    a = word_dropout_copies(texts, 3, 0.3, seed=0)
+    assert a == word_dropout_copies(texts, 3, 0.3, seed=0)  # the same copies every run
+    assert a != word_dropout_copies(texts, 3, 0.3, seed=1)
+    assert 0 < len(a) <= 6 and len(set(a)) == len(a)
+    for variant in a:
+        words = variant.split()
+        assert len(words) >= 3 and variant not in texts
+        source = next(t.split() for t in texts if set(words) <= set(t.split()))
+        it = iter(source)  # the kept words, in their order: a subsequence of the source
+        assert all(w in it for w in words)
+    with pytest.raises(ConfigError, match="--word-dropout 1.5: must be between 0 and 1"):
+        word_dropout_copies(texts, 1, 1.5, seed=0)
+
+    plain = load_dataset("polarity", transfer="auto", max_transfer=50)
+    grown = load_dataset("polarity", transfer="auto", max_transfer=50, transfer_copies=2)
+    base, more = list(plain.transfer["text"]), list(grown.transfer["text"])
+    assert more[:50] == base and 50 < len(more) <= 150 and len(set(more)) == len(more)
+    assert not set(more) & (set(grown.val["text"]) | set(grown.test["text"]))
+    with pytest.raises(ConfigError, match="there is none"):
+        load_dataset("tweets", transfer="none", transfer_copies=1)
+
+
+def test_distill_grows_the_transfer_set_and_records_it_only_when_asked(teacher_dir, tmp_path):
+    def run(name: str, *extra: str) -> dict:
+        distill.main(
+            [*SMALL, "--teacher", str(teacher_dir), "--methods", "kd", "--max-transfer", "32",
+             "--epochs", "1", "--cache-dir", str(tmp_path / "cache"),
+             "--out-dir", str(tmp_path / name), *extra]
+        )  # fmt: skip
+        return load_results(tmp_path / name / "kd" / "seed-0")
+
+    plain, grown = run("plain"), run("grown", "--transfer-copies", "1", "--word-dropout", "0.2")
+    assert plain["extra"]["transfer_size"] == 32 and 32 < grown["extra"]["transfer_size"] <= 64
+    # The teacher labels the copies too: one cache row per text, labelled + transfer.
+    assert grown["extra"]["teacher_cache"]["examples"] == 128 + grown["extra"]["transfer_size"]
+    assert "transfer_copies" not in plain["extra"]["settings"]  # records before the option hold
+    assert grown["extra"]["settings"]["transfer_copies"] == 1
+    assert grown["extra"]["settings"]["word_dropout"] == 0.2
+
+
+def test_remainder_transfer_is_the_unlabelled_rest_of_the_training_split():
+    full = load_dataset("tweets")
+    data = load_dataset("tweets", max_train=500, transfer="remainder")
+    train, transfer = set(data.train["text"]), set(data.transfer["text"])
+    assert len(data.train) == 500 and len(transfer) == len(data.transfer)
+    assert not transfer & (train | set(data.val["text"]) | set(data.test["text"]))
+    # Every other training text (of three words or more) is there, to be labelled.
+    rest = {t for t in full.train["text"] if t not in train and len(t.split()) >= 3}
+    assert transfer == rest and len(transfer) > 20000
+    with pytest.raises(ConfigError, match="pass --max-train N"):
+        load_dataset("tweets", transfer="remainder")
 
 
 def test_tokenize_truncates_long_texts_and_batches_carry_index():

@@ -13,8 +13,10 @@ Sources (files come from ``make data``; nothing is fetched from a hub at run tim
 
 The unlabeled *transfer set* is text the teacher labels for the student: by default the
 ~48k sentences of polarity's 1500 full reviews (another source than the labelled
-sentences, none of which it contains), or the user's own file with a ``text`` column, or a
-plain text file with one sentence per line.
+sentences, none of which it contains), the training texts that ``max_train`` leaves out
+(``remainder``, their labels unused: tweets), the user's own file with a ``text`` column, or a
+plain text file with one sentence per line. It can be grown by word dropout
+(:func:`word_dropout_copies`): seeded copies of each text with some words left out.
 
 Splits are drawn per class with a fixed ``split_seed``, independent of the run's seed, so
 every run and every method sees the same split; test is for final numbers only. Batches
@@ -47,7 +49,7 @@ CLASSES = {
     "tweets": ["negative", "neutral", "positive"],
     "sms-spam": ["ham", "spam"],
 }
-TRANSFER_SOURCES = ("auto", "none", "reviews")
+TRANSFER_SOURCES = ("auto", "none", "reviews", "remainder")
 IGNORE_LABEL = -100
 """Label of a transfer example that no teacher has labelled yet (cross-entropy skips it)."""
 
@@ -239,13 +241,17 @@ def load_dataset(
     classes: Sequence[str] | None = None,
     transfer: str = "none",
     max_transfer: int | None = None,
+    transfer_copies: int = 0,
+    word_dropout: float = 0.1,
 ) -> TextData:
     """Load ``name`` into stratified train/val/test splits (and a transfer set, if asked).
 
     ``classes`` (a teacher's labels, in its order) fixes the label ids; a label outside
     them is an error. ``transfer`` is ``none``, ``auto`` (polarity's reviews for the
-    polarity dataset, none otherwise), ``reviews``, or a path (CSV/JSONL with a ``text``
-    column, or a .txt file with one text per line). ``max_*`` cut fixed random subsets.
+    polarity dataset, none otherwise), ``reviews``, ``remainder`` (the training texts
+    ``max_train`` leaves out), or a path (CSV/JSONL with a ``text`` column, or a .txt file
+    with one text per line). ``max_*`` cut fixed random subsets. ``transfer_copies`` adds
+    that many word-dropout copies of each transfer text (:func:`word_dropout_copies`).
     """
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
@@ -294,8 +300,45 @@ def load_dataset(
     train = _subset(full.select(train_idx), max_train, split_seed)
     test = _subset(full.select(test_idx), max_test, split_seed)
     held_out = set(full.select(val_idx)["text"]) | set(full.select(test_idx)["text"])
-    extra = load_transfer(transfer, name, held_out, max_transfer, split_seed)
+    remainder = sorted(set(full.select(train_idx)["text"]) - set(train["text"]))
+    if transfer == "remainder" and not remainder:
+        raise ConfigError(
+            "--transfer remainder: every training text is labelled, so none remains for the "
+            "teacher to label; pass --max-train N (the labelled subset) to keep the rest as "
+            "the transfer set"
+        )
+    extra = load_transfer(transfer, name, held_out, max_transfer, split_seed, remainder)
+    if transfer_copies:
+        if extra is None:
+            raise ConfigError(
+                f"--transfer-copies {transfer_copies} grows the transfer set, and there is "
+                "none (--transfer none); pick a transfer source or drop --transfer-copies"
+            )
+        texts = list(extra["text"])
+        copies = word_dropout_copies(texts, transfer_copies, word_dropout, split_seed)
+        known = held_out | set(texts) | set(train["text"])
+        extra = Dataset.from_dict({"text": texts + [c for c in copies if c not in known]})
     return TextData(name, classes, train, full.select(val_idx), test, extra)
+
+
+def word_dropout_copies(texts: Sequence[str], copies: int, p: float, seed: int) -> list[str]:
+    """``copies`` variants of each text, each word left out with probability ``p`` (seeded:
+    the same texts every run), in order copy 1 of every text, then copy 2, ...; a variant
+    that would keep fewer than three words, or repeats an earlier one, is skipped."""
+    if not 0 < p < 1:
+        raise ConfigError(f"--word-dropout {p}: must be between 0 and 1 (exclusive), e.g. 0.1")
+    g = torch.Generator().manual_seed(seed)
+    seen: set[str] = set()
+    out = []
+    for _ in range(copies):
+        for text in texts:
+            words = text.split()
+            keep = (torch.rand(len(words), generator=g) >= p).tolist()
+            variant = " ".join(w for w, k in zip(words, keep, strict=True) if k)
+            if len(variant.split()) >= 3 and variant != text and variant not in seen:
+                seen.add(variant)
+                out.append(variant)
+    return out
 
 
 def _review_sentences() -> list[str]:
@@ -310,8 +353,10 @@ def load_transfer(
     exclude: set[str] | frozenset[str] = frozenset(),
     max_size: int | None = None,
     seed: int = 0,
+    remainder: Sequence[str] = (),
 ) -> Dataset | None:
-    """The unlabeled transfer set (column ``text``), or None for ``none``.
+    """The unlabeled transfer set (column ``text``), or None for ``none``. ``remainder``:
+    the texts of the ``remainder`` source (training texts left unlabelled).
 
     Texts shorter than three words (headings, lone punctuation) and duplicates are dropped,
     and so is any text in ``exclude`` (the validation and test sentences: a student must
@@ -321,6 +366,8 @@ def load_transfer(
         return None
     if source in ("auto", "reviews"):
         texts = _review_sentences()
+    elif source == "remainder":
+        texts = list(remainder)
     else:
         path = Path(source)
         if not path.is_file():

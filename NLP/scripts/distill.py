@@ -102,10 +102,16 @@ class Args(DistillArgs):
     """tiny/small embeddings: pca (teacher's, projected to the student width) or random."""
     transfer: str = "auto"
     """Unlabeled text the teacher labels for distilled runs: auto (polarity's review
-    sentences for polarity, none otherwise), none, reviews, or a file (CSV/JSONL with a
-    'text' column, or .txt with one text per line)."""
+    sentences for polarity, none otherwise), none, reviews, remainder (the training texts
+    --max-train leaves out, their labels unused), or a file (CSV/JSONL with a 'text' column,
+    or .txt with one text per line)."""
     max_transfer: int | None = None
     """Use a fixed random subset of this many transfer texts."""
+    transfer_copies: int = 0
+    """Grow the transfer set with this many word-dropout copies of each text (seeded by the
+    split seed, so every method and seed sees the same ones; the teacher labels them too)."""
+    word_dropout: float = 0.1
+    """With --transfer-copies: the probability of leaving out each word of a copy."""
     max_length: int | None = None
     """Tokens per text; unset: the length the teacher was trained with."""
     epochs: int = 3
