@@ -258,7 +258,9 @@ def test_teacher_flip_warns_about_a_teacher_trained_without_flips(teacher_dir, t
     assert "trained without flips" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("method", ["none", "kd", "fitnet", "at", "dkd", "kd+at"])
+@pytest.mark.parametrize(
+    "method", ["none", "kd", "fitnet", "at", "dkd", "kd+at", "kd+rkd", "kd+pkt", "kd+sp", "kd+crd"]
+)
 def test_each_method_runs_end_to_end(teacher_dir, tmp_path, method):
     summary = distill.main(
         [
@@ -294,8 +296,15 @@ def test_each_method_runs_end_to_end(teacher_dir, tmp_path, method):
         "at": {"ce", "at"},
         "dkd": {"ce", "dkd"},
         "kd+at": {"kd", "ce", "at"},
+        "kd+rkd": {"kd", "ce", "rkd"},
+        "kd+pkt": {"kd", "ce", "pkt"},
+        "kd+sp": {"kd", "ce", "sp"},
+        "kd+crd": {"kd", "ce", "crd"},
     }
     assert set(res["loss"]["weights"]) == expected_terms[method]
+    if method == "kd+crd":  # keys, widths and bank size filled in from the models and data
+        crd = options["crd"]
+        assert crd["num_data"] == 384 and crd["student_dim"] > 0 and crd["teacher_dim"] > 0
     assert res["teacher"]["params"] > 50 * res["student"]["params"]
     lines = (tmp_path / method / "seed-0" / "metrics.jsonl").read_text().splitlines()
     assert "val/accuracy" in json.loads(lines[-1])
