@@ -159,8 +159,10 @@ def train(
     )
     state = loop.run()
     trained = loop.student
-    if recipe.select_best:
-        load_best(trained, recipe.run_dir)
+    if recipe.select_best and load_best(trained, recipe.run_dir) and state.best.get("metrics"):
+        # The run ends with the best evaluation's weights: that evaluation is the last word
+        # on them (results record it beside the test score, not the last epoch's).
+        state.last_eval = dict(state.best["metrics"])
     return trained.eval(), state
 
 

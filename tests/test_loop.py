@@ -217,3 +217,31 @@ def test_keep_best_restores_the_weights_of_the_best_evaluation():
         torch.testing.assert_close(restored[k], seen[1][k], rtol=0, atol=0)
     assert any(not torch.equal(restored[k], last[k]) for k in restored)
     assert not KeepBest().restore(loop.student)  # nothing kept: nothing loaded
+
+
+def test_select_best_reports_the_evaluation_of_the_weights_it_ends_with(tmp_path):
+    """With select_best, train() restores the best validation's weights, and the evaluation it
+    hands back (``state.last_eval``, recorded beside the test score) is that one, not the last
+    epoch's; without it, the last."""
+    from torch.utils.data import DataLoader
+
+    from common.recipe import Recipe, train
+
+    scores = iter([0.5, 0.9, 0.7])  # the best comes second
+
+    def evaluate(model):
+        return {"val/accuracy": next(scores)}
+
+    def run(select_best: bool, name: str):
+        torch.manual_seed(0)
+        recipe = Recipe(name=name, run_dir=tmp_path / name, epochs=3, lr=0.01,
+                        weight_decay=0.0, select_best=select_best)  # fmt: skip
+        loader = DataLoader(ToyData(), batch_size=16)
+        return train(Net(hidden=8), build_loss("ce"), Adapter(), loader, evaluate, recipe)
+
+    _, state = run(True, "best")
+    assert state.best["metrics"] == {"val/accuracy": 0.9}
+    assert state.last_eval == {"val/accuracy": 0.9}
+    scores = iter([0.5, 0.9, 0.7])
+    _, state = run(False, "last")
+    assert state.last_eval == {"val/accuracy": 0.7}
