@@ -591,3 +591,15 @@ def test_quick_presets_distil_a_useful_student(tmp_path):
     # One seed on 600 test sentences: kd vs none differ by noise here (the main job's 3 seeds
     # are the comparison); the distilled student must keep most of the teacher's skill.
     assert summary["methods"]["kd"]["mean"] >= 0.85 * t_acc
+
+
+def test_full_presets_distil_the_teachers_their_teacher_presets_train():
+    """Each full distill preset reads the model its teacher preset writes, at the teacher's
+    labelled subset (tweets: the rest of the training split is the transfer set)."""
+    for name in ("full", "full-tweets"):
+        teacher, student = train_teacher.PRESETS[name], distill.PRESETS[name]
+        assert student.teacher == teacher.out_dir / "model"
+        assert student.max_train == teacher.max_train and teacher.teacher == "mpnet"
+        assert student.student_base == "minilm" and student.student_layers == 3
+    assert distill.PRESETS["full-tweets"].transfer == "remainder"
+    assert train_teacher.PRESETS["full-tweets"].dataset == "tweets"

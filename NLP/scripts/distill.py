@@ -36,7 +36,7 @@ goes to ``<out-dir>/summary.json`` and is printed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -148,16 +148,29 @@ QUICK = Args(
     seeds=3,
     out_dir=Path("runs/quick/nlp/distill"),
 )
-# Full: 3000 labelled + 20,000 teacher-labelled sentences, 3 epochs, 3 seeds.
+# Full: the MPNet teacher into MiniLM-L6's every other layer (own tokenizer, logits from the
+# cache); 3000 labelled + 20,000 teacher-labelled sentences at 64 tokens, 3 epochs, 3 seeds.
 FULL = Args(
     teacher=Path("runs/full/nlp/teacher/model"),
     methods=("none", "kd"),
+    student_base="minilm",
+    student_layers=3,
+    max_length=64,
     max_transfer=20000,
     epochs=3,
     seeds=3,
     out_dir=Path("runs/full/nlp/distill"),
 )
-PRESETS = {"quick": QUICK, "full": FULL}
+# Full, tweets: the same student; 8000 labelled tweets and the rest of the training split,
+# unlabelled, for the teacher to label (20,000 of them).
+FULL_TWEETS = replace(
+    FULL,
+    teacher=Path("runs/full/nlp/tweets/teacher/model"),
+    max_train=8000,
+    transfer="remainder",
+    out_dir=Path("runs/full/nlp/tweets/distill"),
+)
+PRESETS = {"quick": QUICK, "full": FULL, "full-tweets": FULL_TWEETS}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -95,8 +95,20 @@ class Args(RuntimeArgs):
 
 # Quick: one epoch at 64 tokens (measurements: docs/measured.md).
 QUICK = Args(max_length=64, epochs=1, out_dir=Path("runs/quick/nlp/teacher"))
-FULL = Args(epochs=3, out_dir=Path("runs/full/nlp/teacher"))
-PRESETS = {"quick": QUICK, "full": FULL}
+# Full: the MPNet-base teacher (python -m common.fetch all-mpnet-base-v2) on polarity.
+FULL = Args(teacher="mpnet", lr=3e-5, epochs=3, out_dir=Path("runs/full/nlp/teacher"))
+# Full, tweets: MPNet on 8000 labelled tweets; distill.py's full-tweets preset gives the
+# teacher the rest of the training split, unlabelled, to label.
+FULL_TWEETS = Args(
+    teacher="mpnet",
+    dataset="tweets",
+    max_train=8000,
+    max_length=64,
+    lr=3e-5,
+    epochs=2,
+    out_dir=Path("runs/full/nlp/tweets/teacher"),
+)
+PRESETS = {"quick": QUICK, "full": FULL, "full-tweets": FULL_TWEETS}
 
 
 def main(argv: list[str] | None = None) -> Path:
