@@ -252,6 +252,7 @@ class TextDistillTask:
         self.cache: TeacherOutputCache | None = None
         self.state_cache: ViewOutputCache | None = None
         self.state_taps, self.state_stats = Taps(), {}
+        self._inputs_digest: str | None = None
 
     def _student(self) -> Any:
         a = self.args
@@ -327,7 +328,7 @@ class TextDistillTask:
     def _cached_logits(self) -> tuple[Tensor, dict]:
         key = cache_key(
             teacher_sha256=self.digest,
-            data_sha256=fingerprint(*token_tensors(self.inputs)),
+            data_sha256=self._inputs_sha256(),
             preprocessing={
                 "max_length": self.max_length,
                 "padding": "dynamic",
@@ -347,6 +348,13 @@ class TextDistillTask:
             print(stats.describe())
         return self.cache.get("logits"), stats.to_dict()
 
+    def _inputs_sha256(self) -> str:
+        """Fingerprint of the teacher's tokens of every labelled + transfer text (what both
+        caches are computed from), hashed once."""
+        if self._inputs_digest is None:
+            self._inputs_digest = fingerprint(*token_tensors(self.inputs))
+        return self._inputs_digest
+
     def _cached_states(self, keys: frozenset[str]) -> None:
         """The teacher's hidden states and attention maps at the layers the methods tap (one
         file for all of them), every text padded to the longest text's length: float16,
@@ -362,7 +370,7 @@ class TextDistillTask:
         attn = "eager" if taps.attention else "sdpa"  # SDPA returns no attention maps
         key = cache_key(
             teacher_sha256=self.digest,
-            data_sha256=fingerprint(*token_tensors(self.inputs)),
+            data_sha256=self._inputs_sha256(),
             preprocessing={
                 "max_length": self.max_length,
                 "padding": "fixed",

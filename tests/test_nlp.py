@@ -169,7 +169,7 @@ def test_word_dropout_copies_are_seeded_subsequences_that_grow_the_transfer_set(
         source = next(t.split() for t in texts if set(words) <= set(t.split()))
         it = iter(source)  # the kept words, in their order: a subsequence of the source
         assert all(w in it for w in words)
-    with pytest.raises(ConfigError, match="--word-dropout 1.5: must be between 0 and 1"):
+    with pytest.raises(ConfigError, match=r"--word-dropout 1\.5: must be between 0 and 1"):
         word_dropout_copies(texts, 1, 1.5, seed=0)
 
     plain = load_dataset("polarity", transfer="auto", max_transfer=50)
@@ -181,14 +181,20 @@ def test_word_dropout_copies_are_seeded_subsequences_that_grow_the_transfer_set(
         load_dataset("tweets", transfer="none", transfer_copies=1)
 
 
+def _small_runs(teacher_dir, tmp_path, name: str, *extra: str, methods=("kd",)) -> dict:
+    """A small distill.py run of ``methods`` into ``tmp_path/name`` (the cache shared by a
+    test's runs); each method's seed-0 results."""
+    distill.main(
+        [*SMALL, "--teacher", str(teacher_dir), "--methods", *methods, "--max-transfer", "32",
+         "--epochs", "1", "--cache-dir", str(tmp_path / "cache"),
+         "--out-dir", str(tmp_path / name), *extra]
+    )  # fmt: skip
+    return {m: load_results(tmp_path / name / m / "seed-0") for m in methods}
+
+
 def test_distill_grows_the_transfer_set_and_records_it_only_when_asked(teacher_dir, tmp_path):
     def run(name: str, *extra: str) -> dict:
-        distill.main(
-            [*SMALL, "--teacher", str(teacher_dir), "--methods", "kd", "--max-transfer", "32",
-             "--epochs", "1", "--cache-dir", str(tmp_path / "cache"),
-             "--out-dir", str(tmp_path / name), *extra]
-        )  # fmt: skip
-        return load_results(tmp_path / name / "kd" / "seed-0")
+        return _small_runs(teacher_dir, tmp_path, name, *extra)["kd"]
 
     plain, grown = run("plain"), run("grown", "--transfer-copies", "1", "--word-dropout", "0.2")
     assert plain["extra"]["transfer_size"] == 32 and 32 < grown["extra"]["transfer_size"] <= 64
@@ -455,12 +461,7 @@ def test_seeds_give_mean_std_and_the_student_loads_in_pipeline(teacher_dir, tmp_
 
 def test_cached_teacher_logits_train_the_same_student_as_the_live_teacher(teacher_dir, tmp_path):
     def run(name: str, *extra: str) -> dict:
-        distill.main(
-            [*SMALL, "--teacher", str(teacher_dir), "--methods", "kd", "--max-transfer", "32",
-             "--epochs", "1", "--cache-dir", str(tmp_path / "cache"),
-             "--out-dir", str(tmp_path / name), *extra]
-        )  # fmt: skip
-        return load_results(tmp_path / name / "kd" / "seed-0")
+        return _small_runs(teacher_dir, tmp_path, name, *extra)["kd"]
 
     live, first, second = run("live", "--no-cache"), run("first"), run("second")
     assert live["extra"]["teacher_cache"]["enabled"] is False
@@ -519,14 +520,8 @@ def test_hidden_and_attention_from_the_state_cache_train_the_live_teachers_stude
     teacher_dir, tmp_path
 ):
     def run(name: str, *extra: str) -> dict:
-        distill.main(
-            [*SMALL, "--teacher", str(teacher_dir), "--methods", "kd+hidden", "kd+attention",
-             "--max-transfer", "32", "--epochs", "1", "--cache-dir", str(tmp_path / "cache"),
-             "--out-dir", str(tmp_path / name), *extra]
-        )  # fmt: skip
-        return {
-            m: load_results(tmp_path / name / m / "seed-0") for m in ("kd+hidden", "kd+attention")
-        }
+        methods = ("kd+hidden", "kd+attention")
+        return _small_runs(teacher_dir, tmp_path, name, *extra, methods=methods)
 
     live, first, second = run("live", "--no-cache"), run("first"), run("second")
     state_files = list((tmp_path / "cache").glob("*.safetensors"))
