@@ -53,7 +53,7 @@ def student_name(hidden: tuple[int, ...]) -> str:
     return "mlp-" + "x".join(map(str, hidden)) if hidden else "linear"
 
 
-TABLE_OPTIONS = ("train_steps_per_round", "val_episodes", "lr_decay")
+TABLE_OPTIONS = ("rounds", "steps_per_round", "train_steps_per_round", "val_episodes", "lr_decay")
 """distill.py options that default to the environment's table entry when left unset."""
 
 
@@ -93,8 +93,7 @@ class PolicyDistillTask:
         if any(h < 1 for h in hidden):
             raise ConfigError(f"--student-hidden {hidden}: every width must be >= 1, e.g. 16")
         self.hidden = tuple(hidden)
-        self.rounds = args.rounds or table.rounds
-        self.steps_per_round = args.steps_per_round or table.steps_per_round
+        self.rounds, self.steps_per_round = args.rounds, args.steps_per_round
         for flag, value in (("--rounds", self.rounds), ("--steps-per-round", self.steps_per_round)):
             if value < 1:
                 raise ConfigError(f"{flag} must be >= 1, got {value}")
@@ -142,8 +141,6 @@ class PolicyDistillTask:
             ),
             # Newer than the first finished runs: recorded only when on.
             **({"lr_decay": True} if args.lr_decay else {}),
-            "rounds": self.rounds,
-            "steps_per_round": self.steps_per_round,
             # Resolved: the table's width can change under an unchanged command line.
             "student_hidden": list(self.hidden),
         }

@@ -348,6 +348,10 @@ def test_unset_distillation_options_come_from_the_environments_table():
 
     walker = ("--preset", "full", "--env-id", "Walker2d-v5")
     assert resolved(*walker) == (2000, 10, True)
+    args = with_table_defaults(
+        parse_args(distill.Args, [*walker, "--rounds", "3"], distill.PRESETS)
+    )
+    assert (args.rounds, args.steps_per_round) == (3, 5000)  # the flag, and the table's
     assert resolved(*walker, "--no-lr-decay", "--val-episodes", "3") == (2000, 3, False)
     assert resolved("--preset", "full") == (500, 5, False)  # LunarLander-v3
     assert resolved("--preset", "full", "--env-id", "Hopper-v5", "--lr-decay") == (500, 5, True)

@@ -70,7 +70,6 @@ class _Setup:
     s_train: Any
     """The student's tokens of the same sentences, in the same rows."""
     s_pad: int
-    same_tokenizer: bool
 
     def student(self, args: Args) -> Any:
         from nlp.student_model.bert import build_student, student_from_base
@@ -110,7 +109,7 @@ def _setup(args: Args) -> _Setup:
     same = tokenizer_fingerprint(s_tokenizer) == tokenizer_fingerprint(tokenizer)
     s_train = t_train if same else tokenize(data.train, s_tokenizer, length)
     pad = lambda tok: tok.pad_token_id or 0  # noqa: E731
-    return _Setup(teacher, classes, t_train, pad(tokenizer), s_train, pad(s_tokenizer), same)
+    return _Setup(teacher, classes, t_train, pad(tokenizer), s_train, pad(s_tokenizer))
 
 
 def _measure(config: str, args: Args) -> dict[str, Any]:
