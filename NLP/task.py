@@ -326,16 +326,7 @@ class TextDistillTask:
         return info
 
     def _cached_logits(self) -> tuple[Tensor, dict]:
-        key = cache_key(
-            teacher_sha256=self.digest,
-            data_sha256=self._inputs_sha256(),
-            preprocessing={
-                "max_length": self.max_length,
-                "padding": "dynamic",
-                "pad_id": self.pad_id,
-            },
-            outputs=["logits"],
-        )
+        key = self._teacher_key(["logits"], padding="dynamic")
         loader = make_loader(self.inputs, 128, False, self.pad_id)
         self.cache, stats = load_or_compute(
             self.args.cache_dir or default_cache_dir(),
@@ -348,12 +339,18 @@ class TextDistillTask:
             print(stats.describe())
         return self.cache.get("logits"), stats.to_dict()
 
-    def _inputs_sha256(self) -> str:
-        """Fingerprint of the teacher's tokens of every labelled + transfer text (what both
-        caches are computed from), hashed once."""
+    def _teacher_key(self, outputs: list[str], **preprocessing: Any) -> dict[str, Any]:
+        """The cache key of teacher ``outputs`` on the teacher's tokens of every labelled +
+        transfer text (their fingerprint hashed once for both caches), with the
+        ``preprocessing`` a cache adds to the max length and pad id."""
         if self._inputs_digest is None:
             self._inputs_digest = fingerprint(*token_tensors(self.inputs))
-        return self._inputs_digest
+        return cache_key(
+            teacher_sha256=self.digest,
+            data_sha256=self._inputs_digest,
+            preprocessing={"max_length": self.max_length, "pad_id": self.pad_id, **preprocessing},
+            outputs=outputs,
+        )
 
     def _cached_states(self, keys: frozenset[str]) -> None:
         """The teacher's hidden states and attention maps at the layers the methods tap (one
@@ -368,18 +365,12 @@ class TextDistillTask:
         length = max(len(ids) for ids in self.inputs["input_ids"])
         specs = state_specs(self.teacher_model, taps, length, len(self.classes))
         attn = "eager" if taps.attention else "sdpa"  # SDPA returns no attention maps
-        key = cache_key(
-            teacher_sha256=self.digest,
-            data_sha256=self._inputs_sha256(),
-            preprocessing={
-                "max_length": self.max_length,
-                "padding": "fixed",
-                "length": length,
-                "pad_id": self.pad_id,
-                "taps": {"hidden": taps.hidden, "attention": taps.attention},
-                "attention_implementation": attn,
-            },
-            outputs=sorted(specs),
+        key = self._teacher_key(
+            sorted(specs),
+            padding="fixed",
+            length=length,
+            taps={"hidden": taps.hidden, "attention": taps.attention},
+            attention_implementation=attn,
         )
         self.teacher_model.set_attn_implementation(attn)
         self.state_cache, stats = load_or_build_views(
