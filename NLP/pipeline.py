@@ -173,10 +173,13 @@ def run_training(
     teacher_val_logits: Tensor | None = None,
     pad_id: int = 0,
     num_workers: int = 0,
+    group_seed: int | None = None,
 ) -> tuple[nn.Module, LoopState]:
     """Train ``model`` on tokenized splits with common's recipe; returns it (unwrapped, eval
-    mode; the best-validation weights with ``recipe.select_best``) and the loop state."""
-    train_loader = make_loader(train, batch_size, True, pad_id, num_workers)
+    mode; the best-validation weights with ``recipe.select_best``) and the loop state.
+    ``group_seed``: batches of about one length, in an order seeded by it (see
+    :class:`~nlp.data.text.LengthGroupedSampler`)."""
+    train_loader = make_loader(train, batch_size, True, pad_id, num_workers, group_seed=group_seed)
     val_loader = make_loader(val, 128, False, pad_id)
 
     def evaluate(m: nn.Module) -> dict[str, float]:

@@ -507,10 +507,13 @@ def _summary(task: DistillTask, results: list[dict], out_dir: Path) -> dict[str,
 # --------------------------------------------------------------------------- teachers
 
 
-def teacher_settings(args: Any, data_sha256: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def teacher_settings(
+    args: Any, data_sha256: str, only_when_set: Sequence[str] = ()
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """A teacher run's settings record (what its checkpoints must match) and its reuse key:
-    the settings and a fingerprint of the data."""
-    settings = args_dict(args, ("out_dir", "resume", "retrain"))
+    the settings and a fingerprint of the data. ``only_when_set``: options newer than
+    finished teachers, recorded only away from their defaults (:func:`common.cli.args_dict`)."""
+    settings = args_dict(args, ("out_dir", "resume", "retrain"), only_when_set)
     return settings, {**settings, "data_sha256": data_sha256}
 
 

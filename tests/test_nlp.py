@@ -192,17 +192,22 @@ def _small_runs(teacher_dir, tmp_path, name: str, *extra: str, methods=("kd",)) 
     return {m: load_results(tmp_path / name / m / "seed-0") for m in methods}
 
 
-def test_distill_grows_the_transfer_set_and_records_it_only_when_asked(teacher_dir, tmp_path):
+def test_distill_grows_the_transfer_set_groups_by_length_and_records_it_only_when_asked(
+    teacher_dir, tmp_path
+):
     def run(name: str, *extra: str) -> dict:
         return _small_runs(teacher_dir, tmp_path, name, *extra)["kd"]
 
-    plain, grown = run("plain"), run("grown", "--transfer-copies", "1", "--word-dropout", "0.2")
+    plain = run("plain")
+    grown = run("grown", "--transfer-copies", "1", "--word-dropout", "0.2", "--group-by-length")
     assert plain["extra"]["transfer_size"] == 32 and 32 < grown["extra"]["transfer_size"] <= 64
     # The teacher labels the copies too: one cache row per text, labelled + transfer.
     assert grown["extra"]["teacher_cache"]["examples"] == 128 + grown["extra"]["transfer_size"]
-    assert "transfer_copies" not in plain["extra"]["settings"]  # records before the option hold
+    for option in ("transfer_copies", "word_dropout", "group_by_length"):
+        assert option not in plain["extra"]["settings"]  # records before the option hold
     assert grown["extra"]["settings"]["transfer_copies"] == 1
     assert grown["extra"]["settings"]["word_dropout"] == 0.2
+    assert grown["extra"]["settings"]["group_by_length"] is True
 
 
 def test_remainder_transfer_is_the_unlabelled_rest_of_the_training_split():
@@ -233,6 +238,86 @@ def test_tokenize_truncates_long_texts_and_batches_carry_index():
     assert batch["attention_mask"].sum() == len(short[0]["input_ids"]) + len(short[2]["input_ids"])
     with pytest.raises(ConfigError, match="at least 8"):
         tokenize(data.test, tok, 4)
+
+
+def test_length_ordered_batches_pad_less_and_give_the_teacher_outputs_of_row_order(
+    teacher_dir,
+):
+    from common.cache import compute_outputs
+    from nlp.data.text import make_loader
+    from nlp.pipeline import TextAdapter
+
+    tok = load_tokenizer("minilm")
+    split = tokenize(load_dataset("polarity", max_train=200, max_test=4).train, tok, 64)
+    lengths = [len(ids) for ids in split["input_ids"]]
+    ordered = list(make_loader(split, 32, False, by_length=True))
+    seen = torch.cat([b["index"] for b in ordered])
+    assert sorted(seen.tolist()) == list(range(200))  # every row once
+    widths = [b["input_ids"].shape[1] for b in ordered]
+    assert widths == sorted(widths) and widths[-1] == max(lengths)
+    in_rows = list(make_loader(split, 32, False))
+    padded = lambda bs: sum(b["input_ids"].numel() for b in bs)  # noqa: E731
+    assert padded(ordered) < 0.8 * padded(in_rows)
+    teacher = load_classifier(str(teacher_dir))
+    out = [
+        compute_outputs(teacher, TextAdapter().teacher, bs, 200, ["logits"], progress=False)
+        for bs in (ordered, in_rows)
+    ]
+    assert torch.allclose(out[0]["logits"], out[1]["logits"], atol=1e-5)
+    with pytest.raises(ConfigError, match="cannot also shuffle"):
+        make_loader(split, 32, True, by_length=True)
+
+
+def test_length_grouped_batches_are_seeded_by_epoch_and_resume_and_shard_whole():
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler
+
+    from common.training import make_accelerator
+    from nlp.data.text import LengthGroupedSampler, make_loader
+
+    tok = load_tokenizer("minilm")
+    split = tokenize(load_dataset("polarity", max_train=1000, max_test=4).train, tok, 64)
+    lengths = [len(ids) for ids in split["input_ids"]]
+    sampler = LengthGroupedSampler(lengths, 32, seed=3, group=4)
+    epochs = []
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        batches = sampler.batches()
+        assert len(batches) == 32 and [len(b) for b in batches[:-1]] == [32] * 31  # ceil(1000/32)
+        assert sorted(i for b in batches for i in b) == list(range(1000))
+        assert list(sampler) == [i for b in batches for i in b]
+        epochs.append(batches)
+    assert epochs[0] != epochs[1]
+    sampler.set_epoch(1)
+    assert sampler.batches() == epochs[1]  # a function of (seed, epoch)
+    other = LengthGroupedSampler(lengths, 32, seed=4, group=4)
+    other.set_epoch(1)
+    assert other.batches() != epochs[1]
+    # Each batch comes from one sorted group: its lengths span far less than a random batch's.
+    spread = lambda bs: sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in bs)  # noqa: E731
+    random_batches = [list(range(k, min(k + 32, 1000))) for k in range(0, 1000, 32)]
+    assert spread(epochs[1]) < 0.3 * spread(random_batches)
+    # Accelerate's shards hand out whole batches, one process every other one.
+    shards = [
+        list(BatchSamplerShard(BatchSampler(sampler, 32, False), 2, k, even_batches=False))
+        for k in (0, 1)
+    ]
+    assert shards[0] == epochs[1][0::2] and shards[1] == epochs[1][1::2]
+    # Through a prepared loader: the epoch's batches, and a resume mid-epoch sees the rest.
+    accelerator = make_accelerator(cpu=True)
+
+    def indices(skip: int = 0) -> list[list[int]]:
+        loader = accelerator.prepare(make_loader(split, 32, True, group_seed=3))
+        loader.set_epoch(1)
+        loader.batch_sampler.sampler.group = 4  # the same grouping as above
+        if skip:
+            loader = accelerator.skip_first_batches(loader, skip)
+        return [b["index"].tolist() for b in loader]
+
+    assert indices() == epochs[1]
+    assert indices(skip=5) == epochs[1][5:]
+    with pytest.raises(ConfigError, match="shuffle=True"):
+        make_loader(split, 32, False, group_seed=3)
 
 
 def test_transfer_rows_follow_the_labelled_ones_with_teacher_labels():

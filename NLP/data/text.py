@@ -30,7 +30,7 @@ import csv
 import hashlib
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from common.errors import ConfigError, DistilleryError
 from common.fetch import dataset_dir
@@ -510,19 +510,90 @@ class Collator:
         return batch
 
 
+class LengthGroupedSampler(Sampler[int]):
+    """Training order in batches of about one length: each epoch, a seeded shuffle of the
+    rows is cut into groups of ``group`` batches, each group is sorted by length and cut
+    into batches, and the full batches are shuffled (the one short batch, if any, comes
+    last, so every ``batch_size`` indices in a row are one batch, also when Accelerate
+    hands batches out to several processes). The order is a function of (seed, epoch):
+    a resumed run sees the batches of an uninterrupted one.
+
+    Random batches of polarity sentences pad to about twice their mean length (60 of 64
+    tokens against 29); grouped batches pad to about the mean, as in Hugging Face's
+    ``group_by_length``."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group: int = 50):
+        if batch_size < 1 or group < 1:
+            raise ConfigError(f"batch_size and group must be >= 1, got {batch_size}, {group}")
+        self.lengths, self.batch_size, self.seed, self.group = (
+            list(lengths),
+            batch_size,
+            seed,
+            group,
+        )
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batches(self) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        size, step = self.batch_size * self.group, self.batch_size
+        full, short = [], []
+        for start in range(0, len(order), size):
+            group = sorted(order[start : start + size], key=self.lengths.__getitem__)
+            for i in range(0, len(group), step):
+                (full if len(group[i : i + step]) == step else short).append(group[i : i + step])
+        return [full[i] for i in torch.randperm(len(full), generator=g).tolist()] + short
+
+    def __iter__(self) -> Iterator[int]:
+        for batch in self.batches():
+            yield from batch
+
+
 def make_loader(
-    split: Dataset, batch_size: int, shuffle: bool, pad_id: int = 0, num_workers: int = 0
+    split: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    pad_id: int = 0,
+    num_workers: int = 0,
+    by_length: bool = False,
+    group_seed: int | None = None,
 ) -> DataLoader:
-    """A DataLoader of padded dict batches over a tokenized split (indices are the dataset)."""
+    """A DataLoader of padded dict batches over a tokenized split (indices are the dataset).
+
+    ``by_length``: visit the rows shortest first (ties in row order), so each batch holds
+    texts of about one length and pads little. Only for passes that place each output by its
+    batch's ``index``, like the teacher-output cache: the batches are not in row order.
+    ``group_seed`` (with ``shuffle``): shuffle in batches of about one length
+    (:class:`LengthGroupedSampler` with this seed) instead of uniformly."""
+    if by_length and shuffle:
+        raise ConfigError("make_loader: by_length orders the rows; it cannot also shuffle them")
+    if group_seed is not None and not shuffle:
+        raise ConfigError("make_loader: group_seed groups a shuffled order; pass shuffle=True")
+    rows: Any = range(len(split))
+    if by_length:
+        lengths = [len(ids) for ids in split["input_ids"]]
+        rows = sorted(rows, key=lengths.__getitem__)
+    sampler = None
+    if group_seed is not None:
+        lengths = [len(ids) for ids in split["input_ids"]]
+        sampler, shuffle = LengthGroupedSampler(lengths, batch_size, group_seed), False
     return DataLoader(
-        range(len(split)),
+        rows,
         batch_size=batch_size,
         shuffle=shuffle,
+        sampler=sampler,
         collate_fn=Collator(split, pad_id),
         # Its own generator: otherwise every new iterator draws its worker seed from the
         # global torch RNG, and a run resumed mid-epoch (whose iterator starts after the
         # checkpoint restored that RNG) would draw once more than the uninterrupted run and
-        # get other dropout masks from then on. The order comes from the seedable sampler.
+        # get other dropout masks from then on. The order comes from the seedable sampler
+        # (or the length-grouped one).
         generator=torch.Generator(),
         num_workers=num_workers,
         persistent_workers=num_workers > 0,

@@ -68,6 +68,9 @@ class Args(RuntimeArgs):
     """Passes over the training split."""
     batch_size: int = 32
     """Texts per optimizer step."""
+    group_by_length: bool = False
+    """Batch texts of about one length (a seeded shuffle, sorted within groups of 50
+    batches, the batches shuffled): they pad less, so a step costs about half on polarity."""
     lr: float = 8e-5
     """Peak AdamW learning rate of the one-cycle schedule (warm-up, then cosine decay)."""
     weight_decay: float = 0.01
@@ -119,7 +122,9 @@ def main(argv: list[str] | None = None) -> Path:
     data = load_dataset(
         args.dataset, args.data_file, max_train=args.max_train, max_test=args.max_test, **split
     )
-    settings, reuse_key = teacher_settings(args, fingerprint_texts(data.train, data.val, data.test))
+    settings, reuse_key = teacher_settings(
+        args, fingerprint_texts(data.train, data.val, data.test), only_when_set=("group_by_length",)
+    )
     model_dir = args.out_dir / "model"
     if reuse_teacher(args.out_dir, reuse_key, [model_dir / "config.json"], args.retrain):
         return model_dir
@@ -144,6 +149,7 @@ def main(argv: list[str] | None = None) -> Path:
         config=settings,
         pad_id=pad_id,
         num_workers=args.num_workers,
+        group_seed=args.seed if args.group_by_length else None,
     )
     logits, labels = predict_logits(model, make_loader(test, 128, False, pad_id))
     assert labels is not None
