@@ -152,14 +152,15 @@ QUICK = Args(
     out_dir=Path("runs/quick/nlp/distill"),
 )
 # Full: the MPNet teacher into MiniLM-L6's every other layer (own tokenizer, logits from the
-# cache); 3000 labelled + every review sentence (~48k) teacher-labelled, at 64 tokens, 3
-# epochs, 3 seeds.
+# cache); 3000 labelled + every review sentence (~48k) teacher-labelled, at 64 tokens in
+# length-grouped batches, 3 epochs, 3 seeds.
 FULL = Args(
     teacher=Path("runs/full/nlp/teacher/model"),
     methods=("none", "kd"),
     student_base="minilm",
     student_layers=3,
     max_length=64,
+    group_by_length=True,
     epochs=3,
     seeds=3,
     out_dir=Path("runs/full/nlp/distill"),

@@ -107,6 +107,7 @@ FULL_TWEETS = Args(
     dataset="tweets",
     max_train=8000,
     max_length=64,
+    group_by_length=True,
     lr=3e-5,
     epochs=2,
     out_dir=Path("runs/full/nlp/tweets/teacher"),
