@@ -250,7 +250,7 @@ def test_a_student_base_with_the_teachers_tokenizer_keeps_hidden_states(
 # --------------------------------------------------------------------------- benchmark
 
 
-def _benchmark(teacher, base, tmp_path):
+def _benchmark(teacher, base, tmp_path, *extra: str):
     from nlp.scripts import benchmark
 
     return benchmark.main(
@@ -258,7 +258,7 @@ def _benchmark(teacher, base, tmp_path):
             "--teacher", str(teacher), "--student-base", str(base), "--student-layers", "1",
             "--texts", "48", "--batch-size", "16", "--warmup-steps", "1", "--steps", "2",
             "--threads", "1", "--cache-dir", str(tmp_path / "cache"),
-            "--out", str(tmp_path / "b.json"),
+            "--out", str(tmp_path / "b.json"), *extra,
         ]
     )  # fmt: skip
 
@@ -289,8 +289,11 @@ def test_benchmark_with_the_teachers_tokenizer_times_the_live_teacher_too(
 ):
     from common.benchmark import CONFIGS
 
-    out = _benchmark(nlp_teacher, one_layer_base, tmp_path)
+    out = _benchmark(
+        nlp_teacher, one_layer_base, tmp_path, "--max-length", "12", "--group-by-length"
+    )
     assert set(out["steps"]) == set(CONFIGS)
+    assert out["inference"]["teacher"]["tokens_per_text"] <= 12  # --max-length, not the teacher's
     assert out["ratios"]["kd_live_over_alone"] > 0 and out["ratios"]["kd_cached_over_alone"] > 0
     assert (
         out["inference"]["teacher"]["tokens_per_text"]

@@ -4,7 +4,7 @@ teacher-output cache, and teacher vs student inference. Prints figures.
     python -m nlp.scripts.benchmark                 # the quick preset's teacher
     python -m nlp.scripts.benchmark --teacher runs/full/nlp/teacher/model
     python -m nlp.scripts.benchmark --teacher runs/full/nlp/teacher/model \
-        --student-base minilm --student-layers 3
+        --student-base minilm --student-layers 3 --max-length 64 --group-by-length
 
 Each configuration runs in a fresh process (its own peak memory) through the shared loop for
 the same steps on the same batches of labelled sentences: the student alone (cross-entropy),
@@ -58,6 +58,11 @@ class Args(BenchmarkArgs):
     """Sentences per step."""
     texts: int = 2048
     """Labelled training sentences used (the cache covers these)."""
+    max_length: int | None = None
+    """Tokens per text; unset: the length the teacher was trained with (the full distill
+    preset uses 64)."""
+    group_by_length: bool = False
+    """Train on length-grouped batches, as distill.py --group-by-length (the full presets)."""
 
 
 @dataclass
@@ -103,7 +108,7 @@ def _setup(args: Args) -> _Setup:
         classes=classes,
         transfer="none",
     )
-    length = meta.get("max_length") or 128
+    length = args.max_length or meta.get("max_length") or 128
     t_train = tokenize(data.train, tokenizer, length)
     s_tokenizer = tokenizer if args.student_base is None else load_tokenizer(args.student_base)
     same = tokenizer_fingerprint(s_tokenizer) == tokenizer_fingerprint(tokenizer)
@@ -130,7 +135,8 @@ def _measure(config: str, args: Args) -> dict[str, Any]:
     setup = _setup(args)
     set_seed(0)
     student = setup.student(args)
-    loader = make_loader(setup.s_train, args.batch_size, True, setup.s_pad)
+    group_seed = 0 if args.group_by_length else None
+    loader = make_loader(setup.s_train, args.batch_size, True, setup.s_pad, group_seed=group_seed)
 
     def warm_cache() -> Any:
         # Keyed and computed as distill.py's cache: the teacher's own tokens, row by row.
@@ -140,7 +146,7 @@ def _measure(config: str, args: Args) -> dict[str, Any]:
             preprocessing={"padding": "dynamic", "pad_id": setup.t_pad},
             outputs=["logits"],
         )
-        ordered = make_loader(setup.t_train, 128, False, setup.t_pad)
+        ordered = make_loader(setup.t_train, 128, False, setup.t_pad, by_length=True)
         compute = lambda: compute_outputs(  # noqa: E731
             setup.teacher, TextAdapter().teacher, ordered, len(setup.t_train), ["logits"]
         )
