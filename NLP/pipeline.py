@@ -116,15 +116,17 @@ def state_rows(
 ) -> Any:
     """``compute(start, stop)`` for :func:`common.cache.load_or_build_views`: the teacher's
     outputs on texts ``start..stop-1`` of ``split`` (in eval mode), each padded with zeros
-    to ``length`` tokens, as ``[texts, 1, ...]``."""
+    to ``length`` tokens, as ``[texts, 1, ...]``. The texts of a chunk go through the
+    teacher shortest first (batches pad to about their own length) and land in row order."""
     adapter = TextAdapter(taps)
 
     @torch.no_grad()
     def compute(start: int, stop: int) -> dict[str, Tensor]:
         was_training = teacher.training
         teacher.eval()
-        parts: dict[str, list[Tensor]] = {}
-        for batch in make_loader(split.select(range(start, stop)), batch_size, False, pad_id):
+        rows: dict[str, Tensor] = {}
+        chunk = split.select(range(start, stop))
+        for batch in make_loader(chunk, batch_size, False, pad_id, by_length=True):
             out = adapter.teacher(teacher, batch)
             pad = length - batch["input_ids"].shape[1]
             if "hidden" in out:
@@ -132,9 +134,11 @@ def state_rows(
             if "attention" in out:
                 out["attention"] = nn.functional.pad(out["attention"], (0, pad, 0, pad))
             for k, v in out.items():
-                parts.setdefault(k, []).append(v.cpu())
+                if k not in rows:
+                    rows[k] = torch.zeros((stop - start, *v.shape[1:]), dtype=v.dtype)
+                rows[k][batch["index"]] = v.cpu()
         teacher.train(was_training)
-        return {k: torch.cat(v)[:, None] for k, v in parts.items()}
+        return {k: v[:, None] for k, v in rows.items()}
 
     return compute
 
