@@ -525,13 +525,8 @@ class LengthGroupedSampler(Sampler[int]):
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group: int = 50):
         if batch_size < 1 or group < 1:
             raise ConfigError(f"batch_size and group must be >= 1, got {batch_size}, {group}")
-        self.lengths, self.batch_size, self.seed, self.group = (
-            list(lengths),
-            batch_size,
-            seed,
-            group,
-        )
-        self.epoch = 0
+        self.lengths, self.batch_size = list(lengths), batch_size
+        self.seed, self.group, self.epoch = seed, group, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -576,13 +571,13 @@ def make_loader(
     if group_seed is not None and not shuffle:
         raise ConfigError("make_loader: group_seed groups a shuffled order; pass shuffle=True")
     rows: Any = range(len(split))
-    if by_length:
-        lengths = [len(ids) for ids in split["input_ids"]]
-        rows = sorted(rows, key=lengths.__getitem__)
     sampler = None
-    if group_seed is not None:
+    if by_length or group_seed is not None:
         lengths = [len(ids) for ids in split["input_ids"]]
-        sampler, shuffle = LengthGroupedSampler(lengths, batch_size, group_seed), False
+        if by_length:
+            rows = sorted(rows, key=lengths.__getitem__)
+        else:
+            sampler, shuffle = LengthGroupedSampler(lengths, batch_size, group_seed), False
     return DataLoader(
         rows,
         batch_size=batch_size,
