@@ -51,12 +51,60 @@ def model_inputs(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor
     return {k: batch[k].to(device) for k in keys}
 
 
+def mask_tokens(
+    input_ids: Tensor, attention_mask: Tensor, draw: Tensor, p: float, mask_id: int, keep: Tensor
+) -> Tensor:
+    """``input_ids`` with each real token (``attention_mask`` 1) whose ``draw`` (uniform in
+    [0, 1), the ids' shape) is below ``p`` replaced by ``mask_id``; ids in ``keep`` (the
+    special tokens: [CLS], [SEP], padding) are never replaced."""
+    hit = (draw < p) & attention_mask.bool() & ~torch.isin(input_ids, keep)
+    return input_ids.masked_fill(hit, mask_id)
+
+
+@dataclass(frozen=True)
+class TokenNoise:
+    """Noisy-student input noise on the student's training batches: each token but the
+    special ones becomes ``mask_id`` with probability ``p`` (:func:`mask_tokens`). The
+    teacher's outputs, cached or live, stay those of the clean text. The draws come from the
+    torch CPU generator, which checkpoints save and restore, so a resumed run masks the
+    tokens an uninterrupted one does; evaluation (``model.eval()``) sees clean text."""
+
+    p: float
+    mask_id: int
+    keep_ids: tuple[int, ...]
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Any, p: float) -> TokenNoise | None:
+        """The noise for this tokenizer's [MASK] and special tokens; None when ``p`` is 0."""
+        if not 0 <= p < 1:
+            raise ConfigError(f"--mask-tokens {p}: must be in [0, 1), e.g. 0.1")
+        if p == 0:
+            return None
+        if tokenizer.mask_token_id is None:
+            raise ConfigError(
+                f"--mask-tokens {p}: the student's tokenizer ({type(tokenizer).__name__}) has "
+                "no mask token to replace tokens with; drop --mask-tokens"
+            )
+        return cls(p, int(tokenizer.mask_token_id), tuple(sorted(set(tokenizer.all_special_ids))))
+
+    def __call__(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        ids = batch["input_ids"]
+        draw = torch.rand(ids.shape).to(ids.device)
+        keep = torch.tensor(self.keep_ids, device=ids.device)
+        ids = mask_tokens(
+            ids, batch["attention_mask"].to(ids.device), draw, self.p, self.mask_id, keep
+        )
+        return {**batch, "input_ids": ids}
+
+
 class TextAdapter:
     """Runs a Hugging Face sequence classifier on a dict batch; returns ``logits`` and the
-    states :class:`Taps` asks for (the teacher's side of each pair for the teacher)."""
+    states :class:`Taps` asks for (the teacher's side of each pair for the teacher).
+    ``noise``: applied to the student's batches while it trains (:class:`TokenNoise`)."""
 
-    def __init__(self, taps: Taps | None = None) -> None:
+    def __init__(self, taps: Taps | None = None, noise: TokenNoise | None = None) -> None:
         self.taps = taps or Taps()
+        self.noise = noise
 
     def _run(self, model: nn.Module, batch: dict[str, Tensor], side: int) -> dict[str, Tensor]:
         hidden = [pair[side] for pair in self.taps.hidden]
@@ -74,6 +122,8 @@ class TextAdapter:
         return result
 
     def student(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        if self.noise is not None and model.training:
+            batch = self.noise(batch)
         return self._run(model, batch, 0)
 
     def teacher(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:

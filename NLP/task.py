@@ -50,6 +50,7 @@ from nlp.pipeline import (
     StateCacheAdapter,
     Taps,
     TextAdapter,
+    TokenNoise,
     describe_model,
     example_batches,
     predict_logits,
@@ -183,6 +184,7 @@ class TextDistillTask:
                 self.tokenizer
             )
         self.s_pad_id = self.s_tokenizer.pad_token_id or 0
+        self.noise = TokenNoise.for_tokenizer(self.s_tokenizer, args.mask_tokens)
         if self.same_tokenizer:
             self.train, self.val, self.test = self.t_train, self.t_val, self.t_test
             self.transfer = self.t_transfer
@@ -245,6 +247,7 @@ class TextDistillTask:
                     "transfer_copies",
                     "word_dropout",
                     "group_by_length",
+                    "mask_tokens",
                 ),
             ),
         }
@@ -440,7 +443,7 @@ class TextDistillTask:
             mixed_precision=args.mixed_precision,
             grad_accum=args.grad_accum,
         )
-        adapter = TextAdapter(taps)
+        adapter = TextAdapter(taps, self.noise)
         if cached:
             adapter = StateCacheAdapter(adapter) if states else CachedTeacherAdapter(adapter)
         student, state = run_training(

@@ -22,10 +22,12 @@ from nlp.data.text import (
     DataError,
     load_dataset,
     load_transfer,
+    make_loader,
     tokenize,
     with_labels,
 )
 from nlp.model_io import read_meta
+from nlp.pipeline import TextAdapter, TokenNoise, mask_tokens
 from nlp.scripts import distill, predict, train_teacher
 from nlp.student_model.bert import build_student, layer_subset, pca_embeddings, truncated_teacher
 from nlp.teacher_model.bert import load_classifier, load_tokenizer
@@ -192,22 +194,26 @@ def _small_runs(teacher_dir, tmp_path, name: str, *extra: str, methods=("kd",)) 
     return {m: load_results(tmp_path / name / m / "seed-0") for m in methods}
 
 
-def test_distill_grows_the_transfer_set_groups_by_length_and_records_it_only_when_asked(
+def test_distill_grows_the_transfer_set_groups_masks_and_records_it_only_when_asked(
     teacher_dir, tmp_path
 ):
     def run(name: str, *extra: str) -> dict:
         return _small_runs(teacher_dir, tmp_path, name, *extra)["kd"]
 
     plain = run("plain")
-    grown = run("grown", "--transfer-copies", "1", "--word-dropout", "0.2", "--group-by-length")
+    grown = run(
+        "grown", "--transfer-copies", "1", "--word-dropout", "0.2", "--group-by-length",
+        "--mask-tokens", "0.1",
+    )  # fmt: skip
     assert plain["extra"]["transfer_size"] == 32 and 32 < grown["extra"]["transfer_size"] <= 64
     # The teacher labels the copies too: one cache row per text, labelled + transfer.
     assert grown["extra"]["teacher_cache"]["examples"] == 128 + grown["extra"]["transfer_size"]
-    for option in ("transfer_copies", "word_dropout", "group_by_length"):
+    for option in ("transfer_copies", "word_dropout", "group_by_length", "mask_tokens"):
         assert option not in plain["extra"]["settings"]  # records before the option hold
     assert grown["extra"]["settings"]["transfer_copies"] == 1
     assert grown["extra"]["settings"]["word_dropout"] == 0.2
     assert grown["extra"]["settings"]["group_by_length"] is True
+    assert grown["extra"]["settings"]["mask_tokens"] == 0.1
 
 
 def test_remainder_transfer_is_the_unlabelled_rest_of_the_training_split():
@@ -416,6 +422,92 @@ def test_students_size_pca_and_truncation(minilm):
     )
     with pytest.raises(ConfigError, match="unknown student size"):
         build_student("huge", minilm, classes)
+
+
+def test_mask_tokens_replaces_real_non_special_tokens_whose_draw_is_below_p():
+    ids = torch.tensor([[101, 5, 6, 7, 102, 0], [101, 8, 9, 102, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0]])
+    draw = torch.tensor([[0.0, 0.05, 0.5, 0.09, 0.0, 0.0], [0.01, 0.2, 0.01, 0.0, 0.0, 0.0]])
+    out = mask_tokens(ids, mask, draw, 0.1, 103, torch.tensor([0, 101, 102]))
+    # [CLS], [SEP] and padding are kept whatever their draw; 0.05 and 0.09 < 0.1 are masked.
+    assert out.tolist() == [[101, 103, 6, 103, 102, 0], [101, 8, 103, 102, 0, 0]]
+
+
+def test_token_noise_masks_training_batches_at_its_rate_and_leaves_evaluation_clean(minilm):
+    tokenizer = load_tokenizer("minilm")
+    noise = TokenNoise.for_tokenizer(tokenizer, 0.2)
+    assert TokenNoise.for_tokenizer(tokenizer, 0.0) is None
+    with pytest.raises(ConfigError, match="mask-tokens"):
+        TokenNoise.for_tokenizer(tokenizer, 1.0)
+
+    class NoMask:
+        mask_token_id = None
+
+    with pytest.raises(ConfigError, match="no mask token"):
+        TokenNoise.for_tokenizer(NoMask(), 0.1)
+    texts = load_dataset("polarity", max_train=256).train.select(range(256))
+    batch = next(iter(make_loader(tokenize(texts, tokenizer, 64), 256, False)))
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.config = minilm, minilm.config
+
+        def forward(self, **inputs):
+            seen.append(inputs["input_ids"])
+            return self.inner(**inputs)
+
+    spy, adapter = Spy(), TextAdapter(noise=noise)
+    torch.manual_seed(0)
+    for training in (False, True):
+        spy.train(training)
+        adapter.student(spy, batch)
+    minilm.eval()
+    clean, noisy = batch["input_ids"], seen[1]
+    assert torch.equal(seen[0], clean)  # evaluation reads the clean text
+    changed = clean != noisy
+    assert (noisy[changed] == tokenizer.mask_token_id).all()
+    special = torch.isin(clean, torch.tensor(tokenizer.all_special_ids))
+    assert not changed[special].any() and not changed[batch["attention_mask"] == 0].any()
+    rate = changed.sum() / (~special & (batch["attention_mask"] == 1)).sum()
+    assert 0.17 < rate < 0.23, rate  # ~7000 tokens: 0.2 +- 0.015 at 3 sigma
+
+
+def test_token_noise_changes_training_and_a_killed_run_resumes_to_the_same_weights(
+    teacher_dir, tmp_path
+):
+    from toy import Crash
+
+    from common.losses import build_loss
+    from common.recipe import Recipe
+    from common.recipe import train as train_model
+    from nlp.model_io import load_model_dir
+
+    teacher, tokenizer, _ = load_model_dir(teacher_dir)
+    data = load_dataset("polarity", max_train=96)
+    train = tokenize(data.train, tokenizer, 32)
+    noise = TokenNoise.for_tokenizer(tokenizer, 0.3)
+
+    def run(name: str, noisy: bool, crash: int | None = None) -> dict:
+        torch.manual_seed(0)
+        student = build_student("tiny", teacher, ["negative", "positive"], "random", 1)
+        recipe = Recipe(name=name, run_dir=tmp_path / name, epochs=2, lr=1e-3,
+                        weight_decay=0.0, checkpoint_every=2, tensorboard=False)  # fmt: skip
+        loader = make_loader(train, 16, True)
+        model, _ = train_model(
+            student, build_loss("ce=1"), TextAdapter(noise=noise if noisy else None), loader,
+            None, recipe, extra_callbacks=[Crash(crash)] if crash else (),
+        )  # fmt: skip
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    reference, clean = run("ref", True), run("clean", False)
+    assert any(not torch.equal(reference[k], clean[k]) for k in reference)
+    with pytest.raises(KeyboardInterrupt):
+        run("crashy", True, crash=9)  # 6 steps an epoch, the last checkpoint at step 8
+    resumed = run("crashy", True)
+    for key, value in reference.items():
+        torch.testing.assert_close(resumed[key], value, rtol=1e-6, atol=1e-7)
 
 
 # --------------------------------------------------------------------------- scripts

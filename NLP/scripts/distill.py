@@ -18,6 +18,9 @@ reused by every method, seed and later run with the same teacher and tokens), so
 never runs the teacher; ``hidden`` and ``attention`` read the teacher's tapped hidden states
 and attention maps from a state cache (float16, every text padded to the longest, written in
 resumable chunks and memory-mapped). ``--no-cache``: the teacher runs live for every method.
+``--mask-tokens P`` is noisy-student input noise: the student reads its texts with each token
+replaced by [MASK] with probability P (afresh every step), the teacher's outputs stay those of
+the clean texts, so the cache still serves them.
 
 ``--student-base minilm`` starts the student from a pretrained checkpoint with its own
 tokenizer (e.g. MiniLM-L6 under an MPNet teacher). Logit distillation works across
@@ -112,6 +115,11 @@ class Args(DistillArgs):
     split seed, so every method and seed sees the same ones; the teacher labels them too)."""
     word_dropout: float = 0.1
     """With --transfer-copies: the probability of leaving out each word of a copy."""
+    mask_tokens: float = 0.0
+    """Noisy-student input noise: while the student trains, each of its tokens (but [CLS],
+    [SEP] and padding) is replaced by its tokenizer's [MASK] with this probability, afresh
+    every step; the teacher's outputs stay those of the clean text. Every method gets it,
+    the student alone too."""
     max_length: int | None = None
     """Tokens per text; unset: the length the teacher was trained with."""
     epochs: int = 3
