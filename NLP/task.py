@@ -6,6 +6,7 @@ train, test and save one student per method and seed."""
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from common.cache import (
     default_cache_dir,
     fingerprint,
     load_or_build_views,
-    load_or_compute,
+    load_or_compute_parts,
 )
 from common.cli import args_dict
 from common.errors import ConfigError
@@ -334,31 +335,53 @@ class TextDistillTask:
         return info
 
     def _cached_logits(self) -> tuple[Tensor, dict]:
-        key = self._teacher_key(["logits"], padding="dynamic")
-        # Shortest texts first: batches pad to about their own length (on polarity, less
-        # than half the 64 tokens a mixed batch pads to). Rows land by index, so the cache
-        # is the same as in row order, up to the last float bits.
-        loader = make_loader(self.inputs, 128, False, self.pad_id, by_length=True)
-        self.cache, stats = load_or_compute(
-            self.args.cache_dir or default_cache_dir(),
-            key,
-            lambda: compute_outputs(
-                self.teacher_model, TextAdapter().teacher, loader, len(self.inputs), ["logits"]
-            ),
-        )
+        parts = []
+        for rows in self._input_parts():
+            split = self.inputs if len(rows) == len(self.inputs) else self.inputs.select(rows)
+            # Shortest texts first: batches pad to about their own length (on polarity, less
+            # than half the 64 tokens a mixed batch pads to). Rows land by index, so the cache
+            # is the same as in row order, up to the last float bits.
+            loader = make_loader(split, 128, False, self.pad_id, by_length=True)
+            compute = partial(
+                compute_outputs,
+                self.teacher_model,
+                TextAdapter().teacher,
+                loader,
+                len(split),
+                ["logits"],
+            )
+            parts.append((self._teacher_key(["logits"], split, padding="dynamic"), compute))
+        self.cache, stats = load_or_compute_parts(self.args.cache_dir or default_cache_dir(), parts)
         if is_main_process():
             print(stats.describe())
         return self.cache.get("logits"), stats.to_dict()
 
-    def _teacher_key(self, outputs: list[str], **preprocessing: Any) -> dict[str, Any]:
-        """The cache key of teacher ``outputs`` on the teacher's tokens of every labelled +
-        transfer text (their fingerprint hashed once for both caches), with the
-        ``preprocessing`` a cache adds to the max length and pad id."""
-        if self._inputs_digest is None:
-            self._inputs_digest = fingerprint(*token_tensors(self.inputs))
+    def _input_parts(self) -> list[range]:
+        """Rows of the teacher's inputs whose logits are cached apart: the labelled and
+        transfer texts, then each word-dropout copy set, so one more set costs the teacher
+        a pass over that set only."""
+        start = len(self.inputs) - sum(self.data.copy_sizes)
+        parts = [range(start)]
+        for size in self.data.copy_sizes:
+            parts.append(range(start, start + size))
+            start += size
+        return [rows for rows in parts if len(rows)]
+
+    def _teacher_key(
+        self, outputs: list[str], split: Dataset | None = None, **preprocessing: Any
+    ) -> dict[str, Any]:
+        """The cache key of teacher ``outputs`` on the teacher's tokens of ``split`` (default:
+        every labelled + transfer text, their fingerprint hashed once for both caches), with
+        the ``preprocessing`` a cache adds to the max length and pad id."""
+        if split is None or split is self.inputs:
+            if self._inputs_digest is None:
+                self._inputs_digest = fingerprint(*token_tensors(self.inputs))
+            digest = self._inputs_digest
+        else:
+            digest = fingerprint(*token_tensors(split))
         return cache_key(
             teacher_sha256=self.digest,
-            data_sha256=self._inputs_digest,
+            data_sha256=digest,
             preprocessing={"max_length": self.max_length, "pad_id": self.pad_id, **preprocessing},
             outputs=outputs,
         )

@@ -32,7 +32,7 @@ import os
 import resource
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,16 +109,24 @@ class CacheStats:
     """File size."""
     seconds: float
     """Time to read (hit) or compute and write (miss)."""
+    parts: list[dict[str, Any]] = field(default_factory=list)
+    """With :func:`load_or_compute_parts`: each file's own stats, in row order."""
 
     def describe(self) -> str:
         what = "hit" if self.hit else "miss (computed)"
+        if self.parts:
+            computed = sum(not p["hit"] for p in self.parts)
+            what += f", {len(self.parts)} files, {computed} computed"
         return (
             f"teacher cache {what}: {self.examples:,} examples, {self.size_bytes / 2**20:.1f} MiB, "
             f"{self.seconds:.1f} s ({self.path})"
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        record = asdict(self)
+        if not self.parts:
+            del record["parts"]
+        return record
 
 
 class TeacherOutputCache(nn.Module):
@@ -253,6 +261,34 @@ def load_or_compute(
         seconds=time.perf_counter() - start,
     )
     return cache, stats
+
+
+def load_or_compute_parts(
+    cache_dir: Path,
+    parts: Sequence[tuple[Mapping[str, Any], Callable[[], Mapping[str, Tensor]]]],
+) -> tuple[TeacherOutputCache, CacheStats]:
+    """One cache over consecutive blocks of rows, each block its own file (``(key,
+    compute)`` as in :func:`load_or_compute`), concatenated in order. A transfer set that
+    grows by a block (e.g. one more set of augmented copies) then costs the teacher a pass
+    over the new block only; with a single part this is :func:`load_or_compute`."""
+    if not parts:
+        raise ConfigError("load_or_compute_parts needs at least one (key, compute) part")
+    if len(parts) == 1:
+        return load_or_compute(cache_dir, *parts[0])
+    caches, stats = zip(*(load_or_compute(cache_dir, key, c) for key, c in parts), strict=True)
+    keys = {c.keys for c in caches}
+    if len(keys) != 1:
+        raise CacheError(f"cache parts hold different outputs: {sorted(keys)}")
+    outputs = {k: torch.cat([c.get(k) for c in caches]) for k in caches[0].keys}
+    merged = CacheStats(
+        hit=all(s.hit for s in stats),
+        path=str(Path(stats[0].path).parent),
+        examples=sum(s.examples for s in stats),
+        size_bytes=sum(s.size_bytes for s in stats),
+        seconds=sum(s.seconds for s in stats),
+        parts=[s.to_dict() for s in stats],
+    )
+    return TeacherOutputCache(outputs), merged
 
 
 def _read(path: Path, key: Mapping[str, Any]) -> dict[str, Tensor]:

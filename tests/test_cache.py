@@ -17,6 +17,7 @@ from common.cache import (
     fingerprint,
     key_digest,
     load_or_compute,
+    load_or_compute_parts,
 )
 from common.errors import ConfigError
 from common.io import save_model_atomic, sha256_file
@@ -84,6 +85,42 @@ def test_lookup_matches_the_live_teacher_and_a_second_load_is_a_hit(tmp_path):
     assert stats2.hit and calls == [1], "same teacher, data and settings: no recomputation"
     assert torch.equal(again.get("logits"), cache.get("logits"))
     assert "hit" in stats2.describe()
+
+
+def test_a_cache_in_parts_computes_only_a_new_part_and_serves_the_rows_in_order(tmp_path):
+    torch.manual_seed(0)
+    teacher, x = Tapped(), torch.randn(12, 6)
+    blocks, calls = [x[:7], x[7:10], x[10:]], []
+
+    def part(block: torch.Tensor):
+        key = cache_key(
+            teacher_sha256="t", data_sha256=fingerprint(block), preprocessing={}, outputs=["logits"]
+        )
+
+        def compute():
+            calls.append(len(block))
+            return compute_outputs(
+                teacher, forward, batches(block), len(block), ["logits"], progress=False
+            )
+
+        return key, compute
+
+    one, stats = load_or_compute_parts(tmp_path, [part(blocks[0])])
+    assert calls == [7] and not stats.parts  # one part: a plain cache file
+    _, stats = load_or_compute_parts(tmp_path, [part(b) for b in blocks[:2]])
+    assert calls == [7, 3] and [p["hit"] for p in stats.parts] == [True, False]
+    three, stats = load_or_compute_parts(tmp_path, [part(b) for b in blocks])
+    assert calls == [7, 3, 2] and [p["hit"] for p in stats.parts] == [True, True, False]
+    assert not stats.hit and stats.examples == 12 and "3 files, 1 computed" in stats.describe()
+    assert stats.size_bytes == sum(p["size_bytes"] for p in stats.parts)
+    with torch.no_grad():
+        live = teacher(x)["logits"]
+    torch.testing.assert_close(three.lookup(torch.arange(12))["logits"], live)
+    assert torch.equal(three.get("logits")[:7], one.get("logits"))
+    _, again = load_or_compute_parts(tmp_path, [part(b) for b in blocks])
+    assert again.hit and calls == [7, 3, 2]
+    with pytest.raises(ConfigError, match="at least one"):
+        load_or_compute_parts(tmp_path, [])
 
 
 @pytest.mark.parametrize("change", ["weights", "data", "preprocessing"])

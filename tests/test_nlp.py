@@ -161,9 +161,12 @@ def test_word_dropout_copies_are_seeded_subsequences_that_grow_the_transfer_set(
     from nlp.data.text import word_dropout_copies
 
     texts = ["the film is a quiet and lovely surprise", "one two three four five six seven"]
-    a = word_dropout_copies(texts, 3, 0.3, seed=0)
-    assert a == word_dropout_copies(texts, 3, 0.3, seed=0)  # the same copies every run
-    assert a != word_dropout_copies(texts, 3, 0.3, seed=1)
+    sets = word_dropout_copies(texts, 3, 0.3, seed=0)
+    assert sets == word_dropout_copies(texts, 3, 0.3, seed=0)  # the same copies every run
+    assert sets != word_dropout_copies(texts, 3, 0.3, seed=1)
+    assert word_dropout_copies(texts, 2, 0.3, seed=0) == sets[:2]  # one more set adds one
+    a = [variant for copy_set in sets for variant in copy_set]
+    assert len(sets) == 3
     assert 0 < len(a) <= 6 and len(set(a)) == len(a)
     for variant in a:
         words = variant.split()
@@ -178,6 +181,8 @@ def test_word_dropout_copies_are_seeded_subsequences_that_grow_the_transfer_set(
     grown = load_dataset("polarity", transfer="auto", max_transfer=50, transfer_copies=2)
     base, more = list(plain.transfer["text"]), list(grown.transfer["text"])
     assert more[:50] == base and 50 < len(more) <= 150 and len(set(more)) == len(more)
+    assert plain.copy_sizes == () and len(grown.copy_sizes) == 2
+    assert sum(grown.copy_sizes) == len(more) - 50
     assert not set(more) & (set(grown.val["text"]) | set(grown.test["text"]))
     with pytest.raises(ConfigError, match="there is none"):
         load_dataset("tweets", transfer="none", transfer_copies=1)
@@ -206,8 +211,15 @@ def test_distill_grows_the_transfer_set_groups_masks_and_records_it_only_when_as
         "--mask-tokens", "0.1",
     )  # fmt: skip
     assert plain["extra"]["transfer_size"] == 32 and 32 < grown["extra"]["transfer_size"] <= 64
-    # The teacher labels the copies too: one cache row per text, labelled + transfer.
-    assert grown["extra"]["teacher_cache"]["examples"] == 128 + grown["extra"]["transfer_size"]
+    # The teacher labels the copies too: one cache row per text, labelled + transfer. The
+    # texts without copies are the plain run's, and their logits its cache file.
+    cached = grown["extra"]["teacher_cache"]
+    assert cached["examples"] == 128 + grown["extra"]["transfer_size"]
+    assert [(p["hit"], p["examples"]) for p in cached["parts"]] == [
+        (True, 160),
+        (False, cached["examples"] - 160),
+    ]
+    assert cached["parts"][0]["path"] == plain["extra"]["teacher_cache"]["path"]
     for option in ("transfer_copies", "word_dropout", "group_by_length", "mask_tokens"):
         assert option not in plain["extra"]["settings"]  # records before the option hold
     assert grown["extra"]["settings"]["transfer_copies"] == 1

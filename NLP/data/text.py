@@ -69,6 +69,8 @@ class TextData:
     test: Dataset
     transfer: Dataset | None = None
     """Unlabeled text (column ``text``) for the teacher to label, or None."""
+    copy_sizes: tuple[int, ...] = ()
+    """Texts in each word-dropout copy set, in order; the sets end ``transfer``."""
 
     @property
     def num_classes(self) -> int:
@@ -251,7 +253,8 @@ def load_dataset(
     polarity dataset, none otherwise), ``reviews``, ``remainder`` (the training texts
     ``max_train`` leaves out), or a path (CSV/JSONL with a ``text`` column, or a .txt file
     with one text per line). ``max_*`` cut fixed random subsets. ``transfer_copies`` adds
-    that many word-dropout copies of each transfer text (:func:`word_dropout_copies`).
+    that many word-dropout copies of each transfer text (:func:`word_dropout_copies`),
+    one set after the other at the end of the transfer set (their sizes: ``copy_sizes``).
     """
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
@@ -308,6 +311,7 @@ def load_dataset(
             "the transfer set"
         )
     extra = load_transfer(transfer, name, held_out, max_transfer, split_seed, remainder)
+    copy_sizes: tuple[int, ...] = ()
     if transfer_copies:
         if extra is None:
             raise ConfigError(
@@ -315,30 +319,36 @@ def load_dataset(
                 "none (--transfer none); pick a transfer source or drop --transfer-copies"
             )
         texts = list(extra["text"])
-        copies = word_dropout_copies(texts, transfer_copies, word_dropout, split_seed)
         known = held_out | set(texts) | set(train["text"])
-        extra = Dataset.from_dict({"text": texts + [c for c in copies if c not in known]})
-    return TextData(name, classes, train, full.select(val_idx), test, extra)
+        sets = [
+            [c for c in copy_set if c not in known]
+            for copy_set in word_dropout_copies(texts, transfer_copies, word_dropout, split_seed)
+        ]
+        extra = Dataset.from_dict({"text": texts + [c for copy_set in sets for c in copy_set]})
+        copy_sizes = tuple(len(copy_set) for copy_set in sets)
+    return TextData(name, classes, train, full.select(val_idx), test, extra, copy_sizes)
 
 
-def word_dropout_copies(texts: Sequence[str], copies: int, p: float, seed: int) -> list[str]:
-    """``copies`` variants of each text, each word left out with probability ``p`` (seeded:
-    the same texts every run), in order copy 1 of every text, then copy 2, ...; a variant
-    that would keep fewer than three words, or repeats an earlier one, is skipped."""
+def word_dropout_copies(texts: Sequence[str], copies: int, p: float, seed: int) -> list[list[str]]:
+    """``copies`` sets of variants of the texts, each word left out with probability ``p``
+    (seeded: the same texts every run), set k holding copy k of every text; a variant that
+    would keep fewer than three words, or repeats an earlier one, is skipped. Set k does not
+    depend on how many sets follow it, so asking for one more set adds one set."""
     if not 0 < p < 1:
         raise ConfigError(f"--word-dropout {p}: must be between 0 and 1 (exclusive), e.g. 0.1")
     g = torch.Generator().manual_seed(seed)
     seen: set[str] = set()
-    out = []
+    sets: list[list[str]] = []
     for _ in range(copies):
+        sets.append([])
         for text in texts:
             words = text.split()
             keep = (torch.rand(len(words), generator=g) >= p).tolist()
             variant = " ".join(w for w, k in zip(words, keep, strict=True) if k)
             if len(variant.split()) >= 3 and variant != text and variant not in seen:
                 seen.add(variant)
-                out.append(variant)
-    return out
+                sets[-1].append(variant)
+    return sets
 
 
 def _review_sentences() -> list[str]:
