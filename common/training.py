@@ -313,11 +313,14 @@ class DistillationLoop:
                     else itertools.islice(data, self.state.batches_in_epoch, None)
                 )
             self._call("on_epoch_begin")
+            ended = True
             for batch in data:
                 self._train_batch(batch)
                 if self._done():
+                    # max_steps may fall on the epoch's last batch: that epoch still ended.
+                    ended = self.state.batches_in_epoch == _length(self.train_data)
                     break
-            else:
+            if ended:
                 self.state.epoch += 1
                 self.state.batches_in_epoch = 0
                 self._call("on_epoch_end")
@@ -347,6 +350,14 @@ class DistillationLoop:
             self._check_divergence(mean_loss)
             logs["lr"] = float(self.optimizer.param_groups[0]["lr"])
             self._call("on_step_end", logs)
+
+
+def _length(data: Iterable[Any]) -> int | None:
+    """Batches in one pass over ``data`` (this process's share), None when unsized."""
+    try:
+        return len(data)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def make_optimizer(

@@ -158,6 +158,16 @@ def test_max_steps_stops_mid_epoch_and_still_evaluates(tmp_path):
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step-00000005"
 
 
+def test_max_steps_at_an_epochs_last_batch_ends_that_epoch(tmp_path):
+    loop = make_loop(tmp_path, epochs=0, max_steps=2 * N // 8)  # exactly two epochs
+    state = loop.run()
+    assert state.step == 16 and state.epoch == 2 and state.batches_in_epoch == 0
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    epochs = [(x["epoch"], x["step"]) for x in lines if x["event"] == "epoch"]
+    assert epochs == [(1, 8), (2, 16)] and "val/accuracy" in lines[-2]
+    assert lines[-1]["event"] == "end" and lines[-1]["epoch"] == 2
+
+
 def test_tensorboard_and_best_weights_are_written(tmp_path):
     loop = make_loop(tmp_path, callbacks=[TensorBoardLogger(tmp_path / "tb", every_steps=2)])
     loop.run()
