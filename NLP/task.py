@@ -40,6 +40,8 @@ from nlp.data.text import (
     count_truncated,
     load_dataset,
     make_loader,
+    misaligned_rows,
+    token_names,
     token_tensors,
     tokenize,
     tokenizer_fingerprint,
@@ -69,11 +71,13 @@ LIVE_REASON = (
 )
 OTHER_TOKENIZER = (
     "the student's tokenizer differs from the teacher's (--student-base {base}): "
-    "{what} need a token mapping between the two tokenizations, which does not exist; use "
-    "a logit method (kd, dist, lskd), or a student built from the teacher (--student tiny, "
-    "small or truncated, without --student-base)"
+    "{what} need a token mapping between the two tokenizations, and the two cut {bad:,} of "
+    "the {rows:,} training texts differently (row {first}: {example}); use a logit method "
+    "(kd, dist, lskd), or a student built from the teacher (--student tiny, small or "
+    "truncated, without --student-base)"
 )
-"""Error for a token-level term (hidden states, attention maps) across tokenizers."""
+"""Error for a token-level term (hidden states, attention maps) across tokenizers that do
+not cut every training text into the same tokens."""
 
 
 def _pair(text: str, s_max: int, t_max: int, lowest: int, what: str) -> tuple[int, int]:
@@ -255,9 +259,10 @@ class TextDistillTask:
         if self.base_model is not None:
             self.settings["student_tokenizer"] = tokenizer_fingerprint(self.s_tokenizer)
         # Logits are cached per text; hidden states and attention maps per token, which needs
-        # the student to read the teacher's tokens.
+        # the student's tokens to line up with the teacher's (checked when a method asks).
         states = {"hidden", "attention"} if self.same_tokenizer else set()
         self.cacheable, self.why_not_cached = frozenset({"logits", *states}), LIVE_REASON
+        self._misaligned: list[int] | None = None
         self.cache: TeacherOutputCache | None = None
         self.state_cache: ViewOutputCache | None = None
         self.state_taps, self.state_stats = Taps(), {}
@@ -293,22 +298,40 @@ class TextDistillTask:
         return method
 
     def _check_other_tokenizer(self, method: Method) -> None:
-        """With a student tokenizer other than the teacher's, only the teacher's logits (one
-        row per text, cached) can teach: refuse token-level terms, and a live teacher (it
-        would be fed the student's token ids)."""
+        """With a student tokenizer other than the teacher's, the teacher's logits (one row
+        per text, cached) can teach; token-level terms only when both tokenizers cut every
+        training text into the same tokens (:func:`~nlp.data.text.misaligned_rows`: MPNet's
+        and MiniLM's do), so the cached states line up with the student's positions. A live
+        teacher is refused (it would be fed the student's token ids)."""
         base = self.args.student_base
         if not method.weights:
             return
         reads = method.build().reads().teacher
         per_token = sorted(reads - {"logits"})
         if per_token:
-            what = " and ".join(
-                {"hidden": "hidden states", "attention": "attention maps"}.get(k, k)
-                for k in per_token
-            )
-            raise ConfigError(
-                f"method {method.name!r}: " + OTHER_TOKENIZER.format(base=base, what=what)
-            )
+            bad = self._misaligned_training_rows()
+            if bad:
+                what = " and ".join(
+                    {"hidden": "hidden states", "attention": "attention maps"}.get(k, k)
+                    for k in per_token
+                )
+                row = bad[0]
+                example = (
+                    f"{token_names(self.tokenizer, self.inputs[row]['input_ids'])} against "
+                    f"{token_names(self.s_tokenizer, self.distill_train[row]['input_ids'])}"
+                )
+                raise ConfigError(
+                    f"method {method.name!r}: "
+                    + OTHER_TOKENIZER.format(
+                        base=base,
+                        what=what,
+                        bad=len(bad),
+                        rows=len(self.inputs),
+                        first=row,
+                        example=example[:300],
+                    )
+                )
+            self.cacheable |= {"hidden", "attention"}
         if reads and not self.args.cache:
             raise ConfigError(
                 f"method {method.name!r}: --no-cache with a student tokenizer other than the "
@@ -316,6 +339,14 @@ class TextDistillTask:
                 "teacher cache, computed on the teacher's own tokens of each text; a live "
                 "teacher would be fed the student's tokens. Drop --no-cache."
             )
+
+    def _misaligned_training_rows(self) -> list[int]:
+        """Training rows (labelled + transfer) the two tokenizers cut differently, once."""
+        if self._misaligned is None:
+            self._misaligned = misaligned_rows(
+                self.inputs, self.distill_train, self.tokenizer, self.s_tokenizer
+            )
+        return self._misaligned
 
     def prepare(self, plans: dict[str, TeacherPlan], cache_keys: frozenset[str]) -> dict:
         """The teacher's logits on the labelled + transfer texts (cached, or a live pass over

@@ -1,15 +1,18 @@
 """NLP metrics and tokenizers: macro-F1 worked out by hand (and against scikit-learn), shown in
 the summary and the report; a student with its own tokenizer distils from the teacher's
-cached logits, and hidden/attention terms across tokenizers are refused.
+cached logits, and hidden/attention terms across tokenizers run when both cut every text into
+the same tokens and are refused otherwise.
 
 The teacher is the session's one-layer MiniLM (tests/conftest.py); the other tokenizer is a
 tiny WordPiece vocabulary (letters, a few words) with a one-layer BERT around it, built
-offline here.
+offline here; the aligned one is MiniLM's vocabulary behind four MPNet-style special tokens
+(every id shifted, the same cuts).
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -20,7 +23,13 @@ from common.metrics import accuracy, classification_metrics, macro_f1
 from common.report import render_markdown, render_terminal
 from common.results import RunResult, load_results, make_metrics, write_results
 from common.stats import summarize
-from nlp.data.text import tokenizer_fingerprint
+from nlp.data.text import (
+    load_dataset,
+    misaligned_rows,
+    token_names,
+    tokenize,
+    tokenizer_fingerprint,
+)
 from nlp.scripts import distill
 from nlp.teacher_model.bert import load_classifier, load_tokenizer
 
@@ -131,7 +140,7 @@ def tiny_bert_with_own_tokenizer(out):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *".,!?'-", *letters]
     vocab += [f"##{c}" for c in letters] + WORDS
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizer(vocab_file=str(out / "vocab.txt"), do_lower_case=True)
+    tokenizer = BertTokenizer(vocab=str(out / "vocab.txt"), do_lower_case=True)
     tokenizer.save_pretrained(out)
     cfg = BertConfig(
         vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -146,6 +155,52 @@ def other_student(tmp_path_factory):
     return tiny_bert_with_own_tokenizer(tmp_path_factory.mktemp("tiny-own-tokenizer") / "base")
 
 
+@pytest.fixture(scope="module")
+def aligned_student(tmp_path_factory):
+    """A one-layer BERT (hidden 32) whose tokenizer is MiniLM's vocabulary after four new
+    special tokens named as MPNet's (<s>, <pad>, </s>, <mask>): other ids, the same cuts."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    out = tmp_path_factory.mktemp("tiny-aligned-tokenizer") / "base"
+    out.mkdir()
+    minilm = load_tokenizer("minilm")
+    vocab = ["<s>", "<pad>", "</s>", "<mask>"]
+    vocab += [t for t, _ in sorted(minilm.get_vocab().items(), key=lambda kv: kv[1])]
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizer(
+        vocab=str(out / "vocab.txt"), do_lower_case=True, cls_token="<s>",
+        sep_token="</s>", pad_token="<pad>", mask_token="<mask>", unk_token="[UNK]",
+    )  # fmt: skip
+    tokenizer.save_pretrained(out)
+    cfg = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, num_labels=2, pad_token_id=1,
+    )  # fmt: skip
+    BertForSequenceClassification(cfg).save_pretrained(out)
+    return out
+
+
+def test_token_names_pair_special_tokens_by_role_and_find_misaligned_rows(
+    other_student, aligned_student
+):
+    minilm, aligned = load_tokenizer("minilm"), load_tokenizer(str(aligned_student))
+    other = load_tokenizer(str(other_student))
+    ids = minilm("a good film")["input_ids"]
+    assert ids == [101, 1037, 2204, 2143, 102]  # BERT uncased's WordPiece ids
+    assert aligned("a good film")["input_ids"] == [0, 1041, 2208, 2147, 2]  # 4 later, <s> </s>
+    assert token_names(minilm, ids) == ["<cls>", "a", "good", "film", "<sep>"]
+    assert token_names(aligned, [0, 1041, 2208, 2147, 2]) == token_names(minilm, ids)
+    texts = load_dataset("polarity", max_train=200).train
+    a, b, c = (tokenize(texts, t, 32) for t in (minilm, aligned, other))
+    assert misaligned_rows(a, b, minilm, aligned) == []
+    assert misaligned_rows(b, a, aligned, minilm) == []
+    bad = misaligned_rows(a, c, minilm, other)  # letters and a few words: most texts differ
+    assert 150 < len(bad) <= 200 and bad == sorted(bad)
+    assert all(
+        token_names(minilm, a[r]["input_ids"]) != token_names(other, c[r]["input_ids"]) for r in bad
+    )
+
+
 def test_tokenizer_fingerprint_tells_tokenizers_apart(other_student, nlp_teacher):
     minilm = load_tokenizer("minilm")
     saved = load_tokenizer(str(nlp_teacher))  # the teacher's copy, saved at max_length 32
@@ -154,6 +209,10 @@ def test_tokenizer_fingerprint_tells_tokenizers_apart(other_student, nlp_teacher
     other = load_tokenizer(str(other_student))
     assert tokenizer_fingerprint(other) != tokenizer_fingerprint(minilm)
     assert other("the film")["input_ids"] != minilm("the film")["input_ids"]
+    # Its own vocabulary (letters and a few words), not a handful of special tokens.
+    assert other.convert_ids_to_tokens(other("the dog")["input_ids"]) == [
+        "[CLS]", "the", "d", "##o", "##g", "[SEP]"
+    ]  # fmt: skip
 
 
 def _distill(teacher, out, *extra, cache=None):
@@ -180,8 +239,27 @@ def test_hidden_and_attention_across_tokenizers_are_refused(
     text = str(err.value)
     assert f"method {method!r}: the student's tokenizer differs from the teacher's" in text
     assert f"{named} need a token mapping" in text
+    assert re.search(r"the two cut [\d,]+ of the 160 training texts differently \(row \d+: ", text)
     assert "use a logit method (kd" in text and "a student built from the teacher" in text
     assert not (tmp_path / "runs" / method).exists()  # refused before any training
+
+
+def test_hidden_and_attention_run_across_tokenizers_that_cut_texts_alike(
+    nlp_teacher, aligned_student, tmp_path
+):
+    _distill(
+        nlp_teacher, tmp_path, "--methods", "kd+hidden", "kd+attention",
+        "--student-base", str(aligned_student),
+    )  # fmt: skip
+    for method in ("kd+hidden", "kd+attention"):
+        res = load_results(tmp_path / "runs" / method / "seed-0")
+        assert res["extra"]["student_tokenizer"]["same_as_teacher"] is False
+        # The teacher's states come from the state cache, built on its own tokens.
+        assert res["extra"]["teacher_cache"]["mode"] == "cache"
+        assert res["extra"]["state_cache"]["examples"] == 160
+        assert res["student"]["hidden"] == 32
+    hidden = load_results(tmp_path / "runs" / "kd+hidden" / "seed-0")
+    assert hidden["extra"]["taps"]["hidden"] == [[1, 1]]
 
 
 def test_a_live_teacher_across_tokenizers_is_refused(nlp_teacher, other_student, tmp_path):

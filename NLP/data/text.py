@@ -453,6 +453,35 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+_ROLES = ("cls", "sep", "unk", "pad", "mask")
+
+
+def token_names(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """How ``ids`` read, with special tokens by their role ([CLS] and MPNet's <s> are both
+    ``<cls>``), so two tokenizations of a text can be compared position by position."""
+    roles = {getattr(tokenizer, f"{r}_token_id"): f"<{r}>" for r in reversed(_ROLES)}
+    roles.pop(None, None)
+    names = tokenizer.convert_ids_to_tokens(list(ids))
+    return [roles.get(i, name) for i, name in zip(ids, names, strict=True)]
+
+
+def misaligned_rows(a: Dataset, b: Dataset, tokenizer_a: Any, tokenizer_b: Any) -> list[int]:
+    """Rows of two tokenized copies of the same texts whose tokens differ at some position
+    (another length, or another token there; :func:`token_names`). None differ when the two
+    tokenizers cut every text alike (MPNet's and BERT's uncased WordPiece do): then a
+    teacher's per-token states line up with the student's positions."""
+    if len(a) != len(b):
+        raise ConfigError(f"misaligned_rows: {len(a)} rows against {len(b)}")
+    # One id -> id table over the vocabularies (by name), then a list compare per row.
+    to_b = {name: i for i, name in enumerate(token_names(tokenizer_b, range(len(tokenizer_b))))}
+    table = [to_b.get(name, -1) for name in token_names(tokenizer_a, range(len(tokenizer_a)))]
+    return [
+        row
+        for row, (x, y) in enumerate(zip(a["input_ids"], b["input_ids"], strict=True))
+        if [table[i] for i in x] != y
+    ]
+
+
 def fingerprint_texts(*splits: Dataset) -> str:
     """sha256 over the texts and labels of ``splits``, in order (what a trained teacher saw)."""
     h = hashlib.sha256()

@@ -26,7 +26,9 @@ the clean texts, so the cache still serves them.
 tokenizer (e.g. MiniLM-L6 under an MPNet teacher). Logit distillation works across
 tokenizers: the cache holds one row of teacher logits per text, computed from the
 teacher's tokens, and the student reads its own tokens of the same rows. Hidden-state and
-attention terms compare token positions, which differ between tokenizers: they are refused.
+attention terms compare token positions: across tokenizers they run only when both cut every
+training text into the same tokens (MPNet's and MiniLM's do: [CLS]/<s> and [SEP]/</s> paired),
+and are refused otherwise.
 
 Every run records test and validation accuracy, ECE, agreement with the teacher and
 macro-F1 (classes weighted equally: on tweets and SMS spam, accuracy can hide a missed
@@ -100,7 +102,8 @@ class Args(DistillArgs):
     used, and the default --lr is 1e-4. With a tokenizer other than the teacher's, logit
     methods (kd, dist, lskd, none) work: the teacher's logits are cached per text from its
     own tokens, and the student reads its tokens of the same texts; hidden and attention
-    terms are refused (they need a token mapping), and so is --no-cache."""
+    terms only when both tokenizers cut every training text alike (else refused); --no-cache
+    is refused."""
     student_init: Literal["pca", "random"] = "pca"
     """tiny/small embeddings: pca (teacher's, projected to the student width) or random."""
     transfer: str = "auto"
