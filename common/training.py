@@ -301,6 +301,9 @@ class DistillationLoop:
     def run(self) -> LoopState:
         self._call("on_train_begin")
         self.module.train()
+        if self._done() and self._epoch_consumed():
+            # Resumed from a checkpoint of the last step, written before its epoch ended.
+            self._end_epoch()
         while self._epochs_left() and not self._done():
             data = self.train_data
             if hasattr(data, "set_epoch"):
@@ -318,14 +321,22 @@ class DistillationLoop:
                 self._train_batch(batch)
                 if self._done():
                     # max_steps may fall on the epoch's last batch: that epoch still ended.
-                    ended = self.state.batches_in_epoch == _length(self.train_data)
+                    ended = self._epoch_consumed()
                     break
             if ended:
-                self.state.epoch += 1
-                self.state.batches_in_epoch = 0
-                self._call("on_epoch_end")
+                self._end_epoch()
         self._call("on_train_end")
         return self.state
+
+    def _epoch_consumed(self) -> bool:
+        """Every batch of the current epoch trained (its end not yet counted)."""
+        n = self.state.batches_in_epoch
+        return n > 0 and n == _length(self.train_data)
+
+    def _end_epoch(self) -> None:
+        self.state.epoch += 1
+        self.state.batches_in_epoch = 0
+        self._call("on_epoch_end")
 
     def _train_batch(self, batch: Batch) -> None:
         acc = self.accelerator

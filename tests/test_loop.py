@@ -167,6 +167,24 @@ def test_max_steps_at_an_epochs_last_batch_ends_that_epoch(tmp_path):
     assert epochs == [(1, 8), (2, 16)] and "val/accuracy" in lines[-2]
     assert lines[-1]["event"] == "end" and lines[-1]["epoch"] == 2
 
+    # Killed at that epoch's end, after the last step's checkpoint (epoch 1, all 8 batches of
+    # epoch 2 done): the resumed run ends epoch 2 as the uninterrupted one did.
+    class CrashAtEpochEnd(Callback):
+        def on_epoch_end(self, loop):
+            if loop.state.epoch == 2:
+                raise KeyboardInterrupt
+
+    run_dir = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        make_loop(run_dir, epochs=0, max_steps=16, checkpoint_every=4,
+                  callbacks=[CrashAtEpochEnd()]).run()  # fmt: skip
+    resumed = make_loop(run_dir, epochs=0, max_steps=16, checkpoint_every=4)
+    again = resumed.run()
+    assert resumed.callbacks[-2].resumed_from.name == "step-00000016"
+    assert again.epoch == 2 and again.batches_in_epoch == 0 and again.best == state.best
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(x["epoch"], x["step"]) for x in lines if x["event"] == "epoch"] == epochs
+
 
 def test_tensorboard_and_best_weights_are_written(tmp_path):
     loop = make_loop(tmp_path, callbacks=[TensorBoardLogger(tmp_path / "tb", every_steps=2)])
