@@ -38,10 +38,10 @@ from common.training import is_main_process, training_budget
 from nlp.data.text import (
     IGNORE_LABEL,
     count_truncated,
+    first_difference,
     load_dataset,
     make_loader,
     misaligned_rows,
-    token_names,
     token_tensors,
     tokenize,
     tokenizer_fingerprint,
@@ -72,7 +72,7 @@ LIVE_REASON = (
 OTHER_TOKENIZER = (
     "the student's tokenizer differs from the teacher's (--student-base {base}): "
     "{what} need a token mapping between the two tokenizations, and the two cut {bad:,} of "
-    "the {rows:,} training texts differently (row {first}: {example}); use a logit method "
+    "the {rows:,} training texts differently (row {first}, {example}); use a logit method "
     "(kd, dist, lskd), or a student built from the teacher (--student tiny, small or "
     "truncated, without --student-base)"
 )
@@ -316,9 +316,11 @@ class TextDistillTask:
                     for k in per_token
                 )
                 row = bad[0]
-                example = (
-                    f"{token_names(self.tokenizer, self.inputs[row]['input_ids'])} against "
-                    f"{token_names(self.s_tokenizer, self.distill_train[row]['input_ids'])}"
+                example = first_difference(
+                    self.inputs[row]["input_ids"],
+                    self.distill_train[row]["input_ids"],
+                    self.tokenizer,
+                    self.s_tokenizer,
                 )
                 raise ConfigError(
                     f"method {method.name!r}: "
@@ -328,7 +330,7 @@ class TextDistillTask:
                         bad=len(bad),
                         rows=len(self.inputs),
                         first=row,
-                        example=example[:300],
+                        example=example,
                     )
                 )
             self.cacheable |= {"hidden", "attention"}

@@ -202,30 +202,57 @@ def _small_runs(teacher_dir, tmp_path, name: str, *extra: str, methods=("kd",)) 
 def test_distill_grows_the_transfer_set_groups_masks_and_records_it_only_when_asked(
     teacher_dir, tmp_path
 ):
+    from safetensors.torch import load_file
+
+    from nlp.model_io import load_model_dir
+    from nlp.pipeline import predict_logits
+
     def run(name: str, *extra: str) -> dict:
         return _small_runs(teacher_dir, tmp_path, name, *extra)["kd"]
 
     plain = run("plain")
     grown = run(
-        "grown", "--transfer-copies", "1", "--word-dropout", "0.2", "--group-by-length",
+        "grown", "--transfer-copies", "2", "--word-dropout", "0.2", "--group-by-length",
         "--mask-tokens", "0.1",
     )  # fmt: skip
-    assert plain["extra"]["transfer_size"] == 32 and 32 < grown["extra"]["transfer_size"] <= 64
-    # The teacher labels the copies too: one cache row per text, labelled + transfer. The
-    # texts without copies are the plain run's, and their logits its cache file.
+    assert plain["extra"]["transfer_size"] == 32 and 32 < grown["extra"]["transfer_size"] <= 96
+    # The teacher labels the copies too: one cache row per text, labelled + transfer, in a
+    # file per copy set. The texts without copies are the plain run's, and so is their file.
     cached = grown["extra"]["teacher_cache"]
     assert cached["examples"] == 128 + grown["extra"]["transfer_size"]
-    assert [(p["hit"], p["examples"]) for p in cached["parts"]] == [
-        (True, 160),
-        (False, cached["examples"] - 160),
-    ]
-    assert cached["parts"][0]["path"] == plain["extra"]["teacher_cache"]["path"]
+    parts = cached["parts"]
+    assert [(p["hit"], p["examples"]) for p in parts[:1]] == [(True, 160)]
+    assert [p["hit"] for p in parts[1:]] == [False, False]
+    assert sum(p["examples"] for p in parts) == cached["examples"]
+    assert parts[0]["path"] == plain["extra"]["teacher_cache"]["path"]
+    # The files, in order, hold the teacher's logits of the rows, in row order.
+    teacher, tokenizer, _ = load_model_dir(teacher_dir)
+    data = load_dataset(
+        "polarity", max_train=128, max_test=64, transfer="auto", max_transfer=32,
+        transfer_copies=2, word_dropout=0.2, classes=["negative", "positive"],
+    )  # fmt: skip
+    assert data.copy_sizes == tuple(p["examples"] for p in parts[1:])
+    rows = with_labels(
+        tokenize(data.train, tokenizer, 32),
+        tokenize(data.transfer, tokenizer, 32),
+        torch.full((len(data.transfer),), -100),
+    )
+    live, _ = predict_logits(teacher, make_loader(rows, 64, False, tokenizer.pad_token_id))
+    stored = torch.cat([load_file(p["path"])["logits"] for p in parts])
+    torch.testing.assert_close(stored, live, rtol=1e-4, atol=1e-4)
     for option in ("transfer_copies", "word_dropout", "group_by_length", "mask_tokens"):
         assert option not in plain["extra"]["settings"]  # records before the option hold
-    assert grown["extra"]["settings"]["transfer_copies"] == 1
+    assert grown["extra"]["settings"]["transfer_copies"] == 2
     assert grown["extra"]["settings"]["word_dropout"] == 0.2
     assert grown["extra"]["settings"]["group_by_length"] is True
     assert grown["extra"]["settings"]["mask_tokens"] == 0.1
+    # The masking reaches training: the plain run with it ends on other weights.
+    run("masked", "--mask-tokens", "0.1")
+    weights = [
+        load_classifier(str(tmp_path / name / "kd" / "seed-0" / "model")).state_dict()
+        for name in ("plain", "masked")
+    ]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_remainder_transfer_is_the_unlabelled_rest_of_the_training_split():

@@ -24,6 +24,7 @@ from common.report import render_markdown, render_terminal
 from common.results import RunResult, load_results, make_metrics, write_results
 from common.stats import summarize
 from nlp.data.text import (
+    first_difference,
     load_dataset,
     misaligned_rows,
     token_names,
@@ -199,6 +200,11 @@ def test_token_names_pair_special_tokens_by_role_and_find_misaligned_rows(
     assert all(
         token_names(minilm, a[r]["input_ids"]) != token_names(other, c[r]["input_ids"]) for r in bad
     )
+    ids = [minilm("a good dog")["input_ids"], other("a good dog")["input_ids"]]
+    where = first_difference(*ids, minilm, other)
+    assert (
+        where == "token 3: ['a', 'good', 'dog', '<sep>'] against ['a', 'good', 'd', '##o', '##g']"
+    )
 
 
 def test_tokenizer_fingerprint_tells_tokenizers_apart(other_student, nlp_teacher):
@@ -239,7 +245,8 @@ def test_hidden_and_attention_across_tokenizers_are_refused(
     text = str(err.value)
     assert f"method {method!r}: the student's tokenizer differs from the teacher's" in text
     assert f"{named} need a token mapping" in text
-    assert re.search(r"the two cut [\d,]+ of the 160 training texts differently \(row \d+: ", text)
+    cut = r"the two cut [\d,]+ of the 160 training texts differently \(row \d+, token \d+: \["
+    assert re.search(cut + r".+\] against \[.+\]\)", text)
     assert "use a logit method (kd" in text and "a student built from the teacher" in text
     assert not (tmp_path / "runs" / method).exists()  # refused before any training
 

@@ -456,30 +456,50 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 _ROLES = ("cls", "sep", "unk", "pad", "mask")
 
 
+def _token_keys(tokenizer: Any) -> dict[int, tuple[str, str]]:
+    """Every id of the tokenizer (its vocabulary and added tokens) -> ``("role", r)`` for
+    its special tokens ([CLS] and MPNet's <s> are both ``cls``), ``("token", text)`` for the
+    rest: keys that a literal token (MPNet has a plain ``<unk>`` besides its [UNK]) cannot
+    mistake for a role."""
+    keys = {i: ("token", text) for text, i in tokenizer.get_vocab().items()}
+    for role in reversed(_ROLES):  # one id in two roles: the first role named wins
+        i = getattr(tokenizer, f"{role}_token_id", None)
+        if i is not None:
+            keys[i] = ("role", role)
+    return keys
+
+
 def token_names(tokenizer: Any, ids: Sequence[int]) -> list[str]:
-    """How ``ids`` read, with special tokens by their role ([CLS] and MPNet's <s> are both
-    ``<cls>``), so two tokenizations of a text can be compared position by position."""
-    roles = {getattr(tokenizer, f"{r}_token_id"): f"<{r}>" for r in reversed(_ROLES)}
-    roles.pop(None, None)
-    names = tokenizer.convert_ids_to_tokens(list(ids))
-    return [roles.get(i, name) for i, name in zip(ids, names, strict=True)]
+    """How ``ids`` read, special tokens by their role (``<cls>``, ``<sep>``, ...)."""
+    keys = _token_keys(tokenizer)
+    named = (keys.get(i, ("token", f"<id {i}>")) for i in ids)
+    return [f"<{name}>" if kind == "role" else name for kind, name in named]
 
 
 def misaligned_rows(a: Dataset, b: Dataset, tokenizer_a: Any, tokenizer_b: Any) -> list[int]:
     """Rows of two tokenized copies of the same texts whose tokens differ at some position
-    (another length, or another token there; :func:`token_names`). None differ when the two
-    tokenizers cut every text alike (MPNet's and BERT's uncased WordPiece do): then a
-    teacher's per-token states line up with the student's positions."""
+    (another length, or another token there, special tokens compared by role). None differ
+    when the two tokenizers cut every text alike (MPNet's and BERT's uncased WordPiece do):
+    then a teacher's per-token states line up with the student's positions."""
     if len(a) != len(b):
         raise ConfigError(f"misaligned_rows: {len(a)} rows against {len(b)}")
-    # One id -> id table over the vocabularies (by name), then a list compare per row.
-    to_b = {name: i for i, name in enumerate(token_names(tokenizer_b, range(len(tokenizer_b))))}
-    table = [to_b.get(name, -1) for name in token_names(tokenizer_a, range(len(tokenizer_a)))]
+    # One id -> id table between the vocabularies (by key), then a list compare per row.
+    to_b = {key: i for i, key in _token_keys(tokenizer_b).items()}
+    table = {i: to_b.get(key, -1) for i, key in _token_keys(tokenizer_a).items()}
     return [
         row
         for row, (x, y) in enumerate(zip(a["input_ids"], b["input_ids"], strict=True))
-        if [table[i] for i in x] != y
+        if [table.get(i, -2) for i in x] != y
     ]
+
+
+def first_difference(ids_a: Sequence[int], ids_b: Sequence[int], tok_a: Any, tok_b: Any) -> str:
+    """Where two tokenizations of one text first differ, with the tokens around it."""
+    a, b = token_names(tok_a, ids_a), token_names(tok_b, ids_b)
+    pairs = enumerate(zip(a, b, strict=False))  # the shorter one may end first
+    at = next((k for k, (x, y) in pairs if x != y), min(len(a), len(b)))
+    around = slice(max(at - 2, 0), at + 3)
+    return f"token {at}: {a[around]} against {b[around]}"
 
 
 def fingerprint_texts(*splits: Dataset) -> str:
