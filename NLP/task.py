@@ -6,7 +6,7 @@ train, test and save one student per method and seed."""
 from __future__ import annotations
 
 import math
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -262,7 +262,6 @@ class TextDistillTask:
         # the student's tokens to line up with the teacher's (checked when a method asks).
         states = {"hidden", "attention"} if self.same_tokenizer else set()
         self.cacheable, self.why_not_cached = frozenset({"logits", *states}), LIVE_REASON
-        self._misaligned: list[int] | None = None
         self.cache: TeacherOutputCache | None = None
         self.state_cache: ViewOutputCache | None = None
         self.state_taps, self.state_stats = Taps(), {}
@@ -309,7 +308,7 @@ class TextDistillTask:
         reads = method.build().reads().teacher
         per_token = sorted(reads - {"logits"})
         if per_token:
-            bad = self._misaligned_training_rows()
+            bad = self.misaligned_training_rows
             if bad:
                 what = " and ".join(
                     {"hidden": "hidden states", "attention": "attention maps"}.get(k, k)
@@ -342,13 +341,10 @@ class TextDistillTask:
                 "teacher would be fed the student's tokens. Drop --no-cache."
             )
 
-    def _misaligned_training_rows(self) -> list[int]:
-        """Training rows (labelled + transfer) the two tokenizers cut differently, once."""
-        if self._misaligned is None:
-            self._misaligned = misaligned_rows(
-                self.inputs, self.distill_train, self.tokenizer, self.s_tokenizer
-            )
-        return self._misaligned
+    @cached_property
+    def misaligned_training_rows(self) -> list[int]:
+        """Training rows (labelled + transfer) the two tokenizers cut differently."""
+        return misaligned_rows(self.inputs, self.distill_train, self.tokenizer, self.s_tokenizer)
 
     def prepare(self, plans: dict[str, TeacherPlan], cache_keys: frozenset[str]) -> dict:
         """The teacher's logits on the labelled + transfer texts (cached, or a live pass over
