@@ -66,10 +66,9 @@ class TokenNoise:
     """Noisy-student input noise on the student's training batches: each token but the
     special ones becomes ``mask_id`` with probability ``p`` (:func:`mask_tokens`). The
     teacher's outputs, cached or live, stay those of the clean text. The draws come from the
-    torch CPU generator, which checkpoints save and restore (the main process's, as for
-    dropout), so a resumed single-process run masks the tokens an uninterrupted one does;
-    under several processes the others' masks after a resume differ from an uninterrupted
-    run's, as their dropout masks do. Evaluation (``model.eval()``) sees clean text."""
+    torch CPU generator, which checkpoints save and restore for every process (as for
+    dropout), so a resumed run masks the tokens an uninterrupted one does. Evaluation
+    (``model.eval()``) sees clean text."""
 
     p: float
     mask_id: int

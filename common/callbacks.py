@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, gather_object
 from torch import nn
 
 from common.checkpoint import (
@@ -19,6 +19,7 @@ from common.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    rng_state,
     save_checkpoint,
 )
 from common.errors import CheckpointError
@@ -340,6 +341,7 @@ class CheckpointCallback(Callback):
                     optimizer=loop.optimizer,
                     scheduler=loop.scheduler,
                     config=self.config,
+                    process_index=loop.accelerator.process_index,
                 )
             except CorruptCheckpointError as err:
                 loop.accelerator.print(f"warning: skipping a corrupt checkpoint: {err}")
@@ -357,6 +359,9 @@ class CheckpointCallback(Callback):
             return
         acc = loop.accelerator
         acc.wait_for_everyone()
+        # Every process's generators, not only the writer's: processes that drew different
+        # amounts (batches of other lengths, per-process noise) resume their own streams.
+        states = gather_object([rng_state()]) if acc.num_processes > 1 else None
         if acc.is_main_process:
             # The best weights first: a checkpoint whose state names this step as the best
             # must never exist without them (a kill between the two writes would otherwise
@@ -373,6 +378,7 @@ class CheckpointCallback(Callback):
                 loop_state=loop.state.to_dict(),
                 keep_last=self.keep_last,
                 config=self.config,
+                rng_states=states,
             )
         acc.wait_for_everyone()
         self._saved = loop.state.to_dict()

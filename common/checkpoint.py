@@ -5,7 +5,7 @@ Layout of ``<dir>/step-00000120/``::
     model.safetensors       student weights (shared/tied tensors handled by safetensors)
     loss.safetensors        learnable loss parts (FitNets regressors), if any
     optimizer.safetensors   optimizer state tensors, flattened as "<param index>.<name>"
-    rng.safetensors         torch CPU generator state
+    rng.safetensors         torch CPU (and CUDA) generator states, one set per process
     state.json              loop state, optimizer/scheduler scalars, numpy/python RNG
 
 Each checkpoint is written into a hidden temporary folder and renamed into place, then the
@@ -20,7 +20,7 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +65,19 @@ def _unflatten_optimizer(tensors: Mapping[str, torch.Tensor], meta: Mapping[str,
     return {"state": state, "param_groups": groups}
 
 
-def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+RngState = tuple[dict[str, torch.Tensor], dict[str, Any]]
+"""One process's generators: tensors (torch CPU, and CUDA when in use) and JSON (numpy, python)."""
+
+
+def rng_state() -> RngState:
+    """This process's generator states: torch's CPU generator, the current CUDA device's when
+    CUDA has been used (dropout on a GPU draws from it), numpy's and python's."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     py_version, py_state, py_gauss = random.getstate()
-    return {"torch_cpu": torch.get_rng_state()}, {
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["torch_cuda"] = torch.cuda.get_rng_state()
+    return tensors, {
         "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
         "python": [py_version, list(py_state), py_gauss],
     }
@@ -76,10 +85,39 @@ def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 def _set_rng_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
     torch.set_rng_state(tensors["torch_cpu"])
+    if "torch_cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["torch_cuda"])
     kind, keys, pos, has_gauss, gauss = meta["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     py_version, py_state, py_gauss = meta["python"]
     random.setstate((py_version, tuple(py_state), py_gauss))
+
+
+def _process_prefix(index: int) -> str:
+    # Process 0 keeps the bare names, so checkpoints written before per-process states read.
+    return "" if index == 0 else f"process{index}."
+
+
+def _pack_rng(states: Sequence[RngState]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {
+        _process_prefix(i) + name: value.contiguous()
+        for i, (state_tensors, _) in enumerate(states)
+        for name, value in state_tensors.items()
+    }
+    return tensors, states[0][1]
+
+
+def _unpack_rng(
+    tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], index: int
+) -> tuple[dict[str, torch.Tensor], Mapping[str, Any]]:
+    """Process ``index``'s saved states; process 0's when it has none (a checkpoint from
+    before per-process states, or from a run with fewer processes)."""
+    others = meta.get("rng_processes", [])
+    if index == 0 or index > len(others):
+        return {k: v for k, v in tensors.items() if "." not in k}, meta["rng"]
+    prefix = _process_prefix(index)
+    mine = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return mine, others[index - 1]
 
 
 def _json_safe(obj: Any, where: str) -> Any:
@@ -104,8 +142,14 @@ def save_checkpoint(
     scheduler: Any | None = None,
     keep_last: int = 2,
     config: Mapping[str, Any] | None = None,
+    rng_states: Sequence[RngState] | None = None,
 ) -> Path:
-    """Write checkpoint ``step`` under ``directory`` atomically; prune to ``keep_last``."""
+    """Write checkpoint ``step`` under ``directory`` atomically; prune to ``keep_last``.
+
+    ``rng_states``: every process's generator states (:func:`rng_state`), process 0 first,
+    gathered by the caller under ``accelerate launch``: processes that drew different amounts
+    (batches of other lengths, per-process noise) then each resume their own stream. Unset:
+    this process's states alone."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{PREFIX}{step:08d}"
@@ -125,7 +169,10 @@ def save_checkpoint(
             save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         if scheduler is not None:
             meta["scheduler"] = _json_safe(scheduler.state_dict(), "scheduler state")
-        rng_tensors, meta["rng"] = _rng_state()
+        states = list(rng_states) if rng_states else [rng_state()]
+        rng_tensors, meta["rng"] = _pack_rng(states)
+        if len(states) > 1:
+            meta["rng_processes"] = [json_state for _, json_state in states[1:]]
         save_file(rng_tensors, str(tmp / "rng.safetensors"))
         # state.json last: its presence marks the folder complete even before the rename.
         atomic_write_json(tmp / "state.json", meta)
@@ -216,13 +263,15 @@ def load_checkpoint(
     scheduler: Any | None = None,
     restore_rng: bool = True,
     config: Mapping[str, Any] | None = None,
+    process_index: int = 0,
 ) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` into the given objects in place.
 
     Returns the saved loop state. Shape or key mismatches raise :class:`CheckpointError`
     naming the checkpoint, so resuming with a changed model is caught, not half-loaded; so
     does a ``config`` that differs from the one saved (a run resumed with other settings
-    would be neither the old run nor the new one).
+    would be neither the old run nor the new one). ``process_index`` picks which process's
+    saved generator states to restore (process 0's when the checkpoint has none for it).
     """
     path = Path(path)
     state_file = path / "state.json"
@@ -265,7 +314,8 @@ def load_checkpoint(
         if scheduler is not None and "scheduler" in meta:
             scheduler.load_state_dict(meta["scheduler"])
         if restore_rng:
-            _set_rng_state(load_file(str(path / "rng.safetensors")), meta["rng"])
+            tensors = load_file(str(path / "rng.safetensors"))
+            _set_rng_state(*_unpack_rng(tensors, meta, process_index))
     except (SafetensorError, OSError, KeyError) as err:
         raise CorruptCheckpointError(f"{path}: optimizer or RNG state unreadable ({err})") from None
     return meta["loop"]

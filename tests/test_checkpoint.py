@@ -153,3 +153,24 @@ def test_resuming_under_other_settings_is_refused_with_the_difference(tmp_path):
     assert ckpt.load_checkpoint(path, model=model, config={"epochs": 3, "lr": 0.1}) == {}
     with pytest.raises(CheckpointError, match=r"lr: 0.1 -> 0.2.*new run directory"):
         ckpt.load_checkpoint(path, model=model, config={"lr": 0.2, "epochs": 3})
+
+
+def test_each_process_restores_its_own_generators(tmp_path):
+    """Per-process generator states: process k gets its own back; a process the checkpoint
+    has no states for (it was written by fewer processes) gets process 0's."""
+    import random
+
+    import numpy as np
+
+    model = nn.Linear(2, 2)
+    states, draws = [], []
+    for seed in (10, 11):  # two "processes", told apart by their seeds
+        torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
+        states.append(ckpt.rng_state())
+        draws.append((torch.rand(2), np.random.rand(), random.random()))
+    path = ckpt.save_checkpoint(tmp_path, 1, model=model, loop_state={}, rng_states=states)
+    for index, expected in [(0, draws[0]), (1, draws[1]), (2, draws[0])]:
+        torch.manual_seed(99), np.random.seed(99), random.seed(99)
+        ckpt.load_checkpoint(path, model=model, process_index=index)
+        torch.testing.assert_close(torch.rand(2), expected[0])
+        assert (np.random.rand(), random.random()) == expected[1:]

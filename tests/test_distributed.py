@@ -56,6 +56,32 @@ def test_two_processes_match_one(tmp_path):
 
 
 @pytest.mark.slow
+def test_two_processes_resume_each_its_own_generators(tmp_path):
+    """A killed 2-process run whose processes drew different amounts of randomness resumes
+    to the weights of an uninterrupted one: each process restores its own generator states.
+    (Restoring the writer's states everywhere, as before, gave process 1 process 0's noise.)"""
+    whole, resumed = tmp_path / "whole.safetensors", tmp_path / "resumed.safetensors"
+    common = [str(TOY), "--noise", "--out"]
+    _run(_launch_two(*common, str(whole), "--run-dir", str(tmp_path / "a")), tmp_path)
+    crashed = subprocess.run(
+        _launch_two(*common, str(resumed), "--run-dir", str(tmp_path / "b"), "--crash-at", "10"),
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert crashed.returncode != 0 and not resumed.exists()
+    out = _run(_launch_two(*common, str(resumed), "--run-dir", str(tmp_path / "b")), tmp_path)
+    assert "resumed from" in out and "step 8" in out
+    assert "processes=2 steps=24" in out
+    a, b = load_file(str(whole)), load_file(str(resumed))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
+
+
+@pytest.mark.slow
 def test_image_distill_runs_under_two_processes(tmp_path):
     """The domain script, not only the loop: data, teacher, evaluation broadcast, checkpoints
     and the single writer of results all work with 2 gloo processes."""

@@ -18,7 +18,13 @@ from torch.utils.data import DataLoader, Dataset
 from common.callbacks import Callback, CheckpointCallback, EvaluateCallback, JsonlLogger
 from common.cli import run_main
 from common.losses import build_loss
-from common.training import DistillationLoop, LoopConfig, make_accelerator, trainable_parameters
+from common.training import (
+    DistillationLoop,
+    LoopConfig,
+    make_accelerator,
+    process_state,
+    trainable_parameters,
+)
 
 N, D, C = 64, 8, 3
 
@@ -40,6 +46,16 @@ class Adapter:
 
     def teacher(self, model, batch):
         return model(batch["x"])
+
+
+class NoisyAdapter(Adapter):
+    """Noise on the student's inputs that draws a different amount in each process (as
+    batches of other lengths do), so the processes' generators part ways."""
+
+    def student(self, model, batch):
+        torch.rand(1 + process_state().process_index)  # only moves this process's generator
+        x = batch["x"]
+        return model(x + 0.1 * torch.randn_like(x))
 
 
 def make_teacher() -> Net:
@@ -73,6 +89,7 @@ def make_loop(
     checkpoint_every: int | None = None,
     data: Dataset | None = None,
     max_steps: int | None = None,
+    adapter: Adapter | None = None,
 ) -> DistillationLoop:
     teacher = make_teacher()
     set_seed(seed)  # the student's init and the sampler's seed both come from here
@@ -101,7 +118,7 @@ def make_loop(
     return DistillationLoop(
         student=student,
         loss_fn=loss,
-        adapter=Adapter(),
+        adapter=adapter or Adapter(),
         train_data=loader,
         optimizer=optimizer,
         accelerator=make_accelerator(cpu=True, split_batches=split_batches),
@@ -134,10 +151,19 @@ def trained_weights(loop: DistillationLoop) -> dict[str, torch.Tensor]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--run-dir", type=Path, help="checkpoint (every 4 steps) and resume here")
+    parser.add_argument("--crash-at", type=int, help="raise KeyboardInterrupt after this step")
+    parser.add_argument("--noise", action="store_true", help="train through NoisyAdapter")
     args = parser.parse_args()
     # split_batches: each of P processes takes 1/P of every batch, so the global batch (and
     # so the averaged gradient) is the same as in a single process.
-    loop = make_loop(None, split_batches=True)
+    loop = make_loop(
+        args.run_dir,
+        split_batches=True,
+        checkpoint_every=4 if args.run_dir else None,
+        callbacks=[Crash(args.crash_at)] if args.crash_at else None,
+        adapter=NoisyAdapter() if args.noise else None,
+    )
     loop.run()
     if loop.accelerator.is_main_process:
         save_file({k: v.contiguous() for k, v in trained_weights(loop).items()}, str(args.out))
