@@ -238,7 +238,7 @@ class TextDistillTask:
         self.distill_train = with_labels(self.train, self.transfer, unlabelled)  # the student's
         # Every method, the student alone too, gets the steps of one pass over the distilled
         # inputs per epoch, so runs of separate invocations stay comparable.
-        self.steps = args.epochs * math.ceil(len(self.inputs) / args.batch_size)
+        self.steps = args.steps or args.epochs * math.ceil(len(self.inputs) / args.batch_size)
         self.lr = args.lr or (1e-4 if args.student == "truncated" or args.student_base else 1e-3)
         self.settings = {
             "teacher_sha256": self.digest,
@@ -253,6 +253,7 @@ class TextDistillTask:
                     "word_dropout",
                     "group_by_length",
                     "mask_tokens",
+                    "steps",
                 ),
             ),
         }

@@ -341,7 +341,10 @@ class ImageDistillTask:
             "sampling": proportion_sampling(len(data.test)),
         }
         unrecorded = NOT_SETTINGS if self.views else (*NOT_SETTINGS, *VIEW_SETTINGS)
-        self.settings = {"teacher_sha256": self.digest, **args_dict(args, unrecorded)}
+        self.settings = {
+            "teacher_sha256": self.digest,
+            **args_dict(args, unrecorded, only_when_set=("steps",)),
+        }
         if self.external is not None:  # the dataset may come from the spec, not --dataset
             self.settings["dataset"] = self.dataset
         if self.views:
@@ -354,7 +357,7 @@ class ImageDistillTask:
             self.cacheable = frozenset({"logits", *self.t_taps}) if cacheable else frozenset()
             self.why_not_cached = LIVE_AUGMENT_REASON
         # Every method gets the optimizer steps of `epochs` passes over the whole split.
-        self.steps = args.epochs * math.ceil(len(data.train) / args.batch_size)
+        self.steps = args.steps or args.epochs * math.ceil(len(data.train) / args.batch_size)
         self.cache: TeacherOutputCache | ViewOutputCache | None = None
         self.alone_data = self.distill_data = data
 

@@ -452,6 +452,19 @@ def test_labelled_subset_student_alone_sees_only_those_same_steps(
     assert not torch.equal(taught.labels, full.labels)  # the rest: the teacher's argmax
 
 
+def test_steps_fix_the_budget_of_every_method(teacher_dir, tmp_path):
+    args = [*SMALL, "--teacher", str(teacher_dir), "--methods", "none", "kd", "--epochs", "1"]
+    args += ["--student", "tiny", "--augment", "none", "--labelled", "100", "--steps", "9"]
+    distill.main([*args, "--cache-dir", str(tmp_path / "c"), "--out-dir", str(tmp_path)])
+    none = load_results(tmp_path / "none" / "seed-0")
+    kd = load_results(tmp_path / "kd" / "seed-0")
+    # 9 steps of 64: 2 passes over the 384 images (6 batches each, the second cut short),
+    # 5 over the 100 (2 batches each).
+    assert none["budget"]["steps"] == kd["budget"]["steps"] == 9
+    assert none["budget"]["epochs"] == 5 and kd["budget"]["epochs"] == 2
+    assert kd["extra"]["settings"]["steps"] == 9
+
+
 def test_teacher_labels_the_transfer_images_cached_or_live(teacher_dir):
     teacher, cfg = load_model_dir(teacher_dir)
     data = load_dataset(max_train=384, max_test=200, val_size=200)

@@ -255,6 +255,19 @@ def test_distill_grows_the_transfer_set_groups_masks_and_records_it_only_when_as
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+def test_steps_fix_every_methods_budget_whatever_the_data_size(teacher_dir, tmp_path):
+    """--steps replaces --epochs passes: a transfer set grown by copies trains for the same
+    optimizer steps as the plain one, and as the student alone on the labelled texts."""
+    plain = _small_runs(teacher_dir, tmp_path, "plain", "--steps", "7", methods=("none", "kd"))
+    grown = _small_runs(teacher_dir, tmp_path, "grown", "--steps", "7", "--transfer-copies", "2")
+    assert grown["kd"]["extra"]["transfer_size"] > plain["kd"]["extra"]["transfer_size"]
+    for res in (plain["none"], plain["kd"], grown["kd"]):
+        assert res["budget"]["steps"] == 7 and res["extra"]["settings"]["steps"] == 7
+    # Unset, the budget is --epochs passes over labelled + transfer (128 + 32, 32 a batch).
+    default = _small_runs(teacher_dir, tmp_path, "default")["kd"]
+    assert default["budget"]["steps"] == 5
+
+
 def test_remainder_transfer_is_the_unlabelled_rest_of_the_training_split():
     full = load_dataset("tweets")
     data = load_dataset("tweets", max_train=500, transfer="remainder")

@@ -128,6 +128,9 @@ class Args(DistillArgs):
     epochs: int = 3
     """Passes over the distilled runs' training data (labelled + transfer); the student
     alone gets the same number of optimizer steps."""
+    steps: int | None = None
+    """Optimizer steps of every method, the student alone too, instead of --epochs passes:
+    a grown transfer set (--transfer-copies) then compares at the same compute."""
     batch_size: int = 32
     """Texts per optimizer step."""
     group_by_length: bool = False

@@ -92,6 +92,9 @@ class Args(DistillArgs):
     epochs: int = 10
     """Passes over the training split; every method gets the steps of that many passes (with
     --labelled, the student alone loops over its smaller set for the same steps)."""
+    steps: int | None = None
+    """Optimizer steps of every method, the student alone too, instead of --epochs passes:
+    training sets of other sizes then compare at the same compute."""
     batch_size: int = 128
     """Images per optimizer step."""
     optimizer: Literal["adamw", "sgd"] = "adamw"
