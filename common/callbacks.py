@@ -342,6 +342,7 @@ class CheckpointCallback(Callback):
                     scheduler=loop.scheduler,
                     config=self.config,
                     process_index=loop.accelerator.process_index,
+                    processes=loop.accelerator.num_processes,
                 )
             except CorruptCheckpointError as err:
                 loop.accelerator.print(f"warning: skipping a corrupt checkpoint: {err}")
@@ -361,6 +362,8 @@ class CheckpointCallback(Callback):
         acc.wait_for_everyone()
         # Every process's generators, not only the writer's: processes that drew different
         # amounts (batches of other lengths, per-process noise) resume their own streams.
+        # Every process gets here together: the early return above compares loop states,
+        # which are the same in every process (losses reduced, evaluations broadcast).
         states = gather_object([rng_state()]) if acc.num_processes > 1 else None
         if acc.is_main_process:
             # The best weights first: a checkpoint whose state names this step as the best

@@ -171,6 +171,7 @@ def save_checkpoint(
             meta["scheduler"] = _json_safe(scheduler.state_dict(), "scheduler state")
         states = list(rng_states) if rng_states else [rng_state()]
         rng_tensors, meta["rng"] = _pack_rng(states)
+        meta["processes"] = len(states)
         if len(states) > 1:
             meta["rng_processes"] = [json_state for _, json_state in states[1:]]
         save_file(rng_tensors, str(tmp / "rng.safetensors"))
@@ -264,6 +265,7 @@ def load_checkpoint(
     restore_rng: bool = True,
     config: Mapping[str, Any] | None = None,
     process_index: int = 0,
+    processes: int = 1,
 ) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` into the given objects in place.
 
@@ -271,7 +273,9 @@ def load_checkpoint(
     naming the checkpoint, so resuming with a changed model is caught, not half-loaded; so
     does a ``config`` that differs from the one saved (a run resumed with other settings
     would be neither the old run nor the new one). ``process_index`` picks which process's
-    saved generator states to restore (process 0's when the checkpoint has none for it).
+    saved generator states to restore (process 0's when the checkpoint has none for it);
+    a checkpoint written by another number of ``processes`` is refused: each process's place
+    in the epoch and its generators belong to that sharding of the data.
     """
     path = Path(path)
     state_file = path / "state.json"
@@ -283,6 +287,14 @@ def load_checkpoint(
         meta = json.loads(state_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CorruptCheckpointError(f"{state_file} is not valid JSON ({err})") from None
+    saved_processes = meta.get("processes", processes)  # absent: written before it was kept
+    if saved_processes != processes:
+        raise CheckpointError(
+            f"checkpoint {path} was written by {saved_processes} process(es), this run has "
+            f"{processes}: resume with `accelerate launch --num_processes {saved_processes}` "
+            "(the data's sharding and each process's place in it belong to that count), or "
+            "start afresh in a new run directory"
+        )
     if config is not None:
         changed = changed_settings(meta.get("config", {}), config)
         if changed:

@@ -156,8 +156,8 @@ def test_resuming_under_other_settings_is_refused_with_the_difference(tmp_path):
 
 
 def test_each_process_restores_its_own_generators(tmp_path):
-    """Per-process generator states: process k gets its own back; a process the checkpoint
-    has no states for (it was written by fewer processes) gets process 0's."""
+    """Per-process generator states: process k gets its own back; in a checkpoint from before
+    they were kept (process 0's alone), every process gets process 0's."""
     import random
 
     import numpy as np
@@ -169,8 +169,31 @@ def test_each_process_restores_its_own_generators(tmp_path):
         states.append(ckpt.rng_state())
         draws.append((torch.rand(2), np.random.rand(), random.random()))
     path = ckpt.save_checkpoint(tmp_path, 1, model=model, loop_state={}, rng_states=states)
-    for index, expected in [(0, draws[0]), (1, draws[1]), (2, draws[0])]:
+
+    def restored(index: int) -> tuple:
         torch.manual_seed(99), np.random.seed(99), random.seed(99)
-        ckpt.load_checkpoint(path, model=model, process_index=index)
-        torch.testing.assert_close(torch.rand(2), expected[0])
-        assert (np.random.rand(), random.random()) == expected[1:]
+        ckpt.load_checkpoint(path, model=model, process_index=index, processes=2)
+        return torch.rand(2), np.random.rand(), random.random()
+
+    for index in (0, 1):
+        got = restored(index)
+        torch.testing.assert_close(got[0], draws[index][0])
+        assert got[1:] == draws[index][1:]
+    meta = json.loads((path / "state.json").read_text())
+    for key in ("processes", "rng_processes"):  # the older layout
+        del meta[key]
+    atomic_write_json(path / "state.json", meta)
+    got = restored(1)
+    torch.testing.assert_close(got[0], draws[0][0])
+    assert got[1:] == draws[0][1:]
+
+
+def test_a_checkpoint_of_other_process_count_is_refused(tmp_path):
+    model = nn.Linear(2, 2)
+    states = [ckpt.rng_state(), ckpt.rng_state()]
+    path = ckpt.save_checkpoint(tmp_path, 1, model=model, loop_state={}, rng_states=states)
+    assert ckpt.load_checkpoint(path, model=model, processes=2, process_index=1) == {}
+    with pytest.raises(
+        CheckpointError, match=r"2 process\(es\), this run has 1.*--num_processes 2"
+    ):
+        ckpt.load_checkpoint(path, model=model)
