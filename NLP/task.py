@@ -499,10 +499,13 @@ class TextDistillTask:
         adapter = TextAdapter(taps, self.noise)
         if cached:
             adapter = StateCacheAdapter(adapter) if states else CachedTeacherAdapter(adapter)
+        # Validated after every pass over the run's own data: the student alone, which loops
+        # over the labelled texts alone, keeps its early-stopping point (a fair baseline).
+        train_rows = self.distill_train if plan.needed else self.train
         student, state = run_training(
             student,
             method.build(),
-            self.distill_train if plan.needed else self.train,
+            train_rows,
             self.val,
             recipe,
             batch_size=args.batch_size,
@@ -533,7 +536,12 @@ class TextDistillTask:
                 speed=self.speed["student"],
             ),
             metrics=accuracy_metrics(final, len(self.test), state.best),
-            budget=training_budget(args.epochs, state, args.batch_size, args.grad_accum),
+            budget=training_budget(
+                math.ceil(self.steps / math.ceil(len(train_rows) / args.batch_size)),
+                state,
+                args.batch_size,
+                args.grad_accum,
+            ),
             extra={
                 "train_size": len(self.distill_train if plan.needed else self.train),
                 "labelled_train_size": len(self.train),

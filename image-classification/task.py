@@ -522,17 +522,20 @@ class ImageDistillTask:
         args, data = self.args, self.data
         run_data = self.distill_data if plan.needed else self.alone_data
         epochs = math.ceil(self.steps / math.ceil(len(run_data.train) / args.batch_size))
+        whole = math.ceil(self.steps / math.ceil(len(data.train) / args.batch_size))
         student = build_model(self.s_cfg)
         recipe = Recipe(
             name=f"{method.name} seed {seed}",
             run_dir=run_dir,
-            epochs=epochs,
+            # --steps: exactly that many optimizer steps (epochs would cap them below it
+            # with --grad-accum or several processes).
+            epochs=0 if args.steps else epochs,
             lr=args.lr,
             weight_decay=args.weight_decay,
             optimizer=args.optimizer,
             max_steps=self.steps,
             # About as many validations as a run over the whole split makes.
-            eval_every_epochs=max(1, epochs // args.epochs),
+            eval_every_epochs=max(1, epochs // whole),
             resume=args.resume,
             checkpoint_every=args.checkpoint_every,
             mixed_precision=args.mixed_precision,

@@ -463,6 +463,15 @@ def test_steps_fix_the_budget_of_every_method(teacher_dir, tmp_path):
     assert none["budget"]["steps"] == kd["budget"]["steps"] == 9
     assert none["budget"]["epochs"] == 5 and kd["budget"]["epochs"] == 2
     assert kd["extra"]["settings"]["steps"] == 9
+    # Steps, not passes: with 2 batches accumulated a step, still 9 of them (passes would
+    # stop at 6 and 5); without --steps the settings have no such key (older records hold).
+    cache = ["--cache-dir", str(tmp_path / "c")]
+    distill.main([*args, *cache, "--grad-accum", "2", "--out-dir", str(tmp_path / "accum")])
+    for method in ("none", "kd"):
+        assert load_results(tmp_path / "accum" / method / "seed-0")["budget"]["steps"] == 9
+    plain = [a for a in args if a not in ("--steps", "9")]
+    distill.main([*plain, *cache, "--out-dir", str(tmp_path / "plain")])
+    assert "steps" not in load_results(tmp_path / "plain" / "kd" / "seed-0")["extra"]["settings"]
 
 
 def test_teacher_labels_the_transfer_images_cached_or_live(teacher_dir):

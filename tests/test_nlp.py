@@ -263,9 +263,13 @@ def test_steps_fix_every_methods_budget_whatever_the_data_size(teacher_dir, tmp_
     assert grown["kd"]["extra"]["transfer_size"] > plain["kd"]["extra"]["transfer_size"]
     for res in (plain["none"], plain["kd"], grown["kd"]):
         assert res["budget"]["steps"] == 7 and res["extra"]["settings"]["steps"] == 7
-    # Unset, the budget is --epochs passes over labelled + transfer (128 + 32, 32 a batch).
+    # Passes made over each run's own data: 128 + 32 texts, 32 a batch (5 batches): 2;
+    # the student alone's 128 (4 batches): 2; the grown set's > 5 batches: 2 at most.
+    assert plain["kd"]["budget"]["epochs"] == plain["none"]["budget"]["epochs"] == 2
+    assert grown["kd"]["budget"]["epochs"] <= 2
+    # Unset, the budget is --epochs passes over labelled + transfer.
     default = _small_runs(teacher_dir, tmp_path, "default")["kd"]
-    assert default["budget"]["steps"] == 5
+    assert default["budget"]["steps"] == 5 and default["budget"]["epochs"] == 1
 
 
 def test_remainder_transfer_is_the_unlabelled_rest_of_the_training_split():
