@@ -254,6 +254,7 @@ class TextDistillTask:
                     "group_by_length",
                     "mask_tokens",
                     "steps",
+                    "freeze_embeddings",
                 ),
             ),
         }
@@ -271,10 +272,16 @@ class TextDistillTask:
     def _student(self) -> Any:
         a = self.args
         if self.base_model is None:
-            return build_student(
+            student = build_student(
                 a.student, self.teacher_model, self.classes, a.student_init, a.student_layers
             )
-        return student_from_base(self.base_model, self.classes, a.student_layers, a.student_base)
+        else:
+            student = student_from_base(
+                self.base_model, self.classes, a.student_layers, a.student_base
+            )
+        if a.freeze_embeddings:  # left out of the optimizer (it takes trainable ones only)
+            student.get_input_embeddings().requires_grad_(False)
+        return student
 
     def produced(self) -> Reads:
         outputs = frozenset({"logits", "hidden", "attention"})

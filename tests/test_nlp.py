@@ -272,6 +272,23 @@ def test_steps_fix_every_methods_budget_whatever_the_data_size(teacher_dir, tmp_
     assert default["budget"]["steps"] == 5 and default["budget"]["epochs"] == 1
 
 
+def test_freeze_embeddings_keeps_the_word_table_of_every_method(teacher_dir, tmp_path):
+    frozen = _small_runs(
+        teacher_dir, tmp_path, "frozen", "--freeze-embeddings", methods=("none", "kd")
+    )
+    plain = _small_runs(teacher_dir, tmp_path, "plain")
+
+    def table(name: str, method: str) -> torch.Tensor:
+        model = load_classifier(str(tmp_path / name / method / "seed-0" / "model"))
+        return model.get_input_embeddings().weight
+
+    # Two losses, one table (the start); without the flag kd moves it.
+    torch.testing.assert_close(table("frozen", "none"), table("frozen", "kd"), rtol=0, atol=0)
+    assert not torch.equal(table("plain", "kd"), table("frozen", "kd"))
+    assert frozen["kd"]["extra"]["settings"]["freeze_embeddings"] is True
+    assert "freeze_embeddings" not in plain["kd"]["extra"]["settings"]
+
+
 def test_remainder_transfer_is_the_unlabelled_rest_of_the_training_split():
     full = load_dataset("tweets")
     data = load_dataset("tweets", max_train=500, transfer="remainder")

@@ -104,6 +104,11 @@ class Args(DistillArgs):
     own tokens, and the student reads its tokens of the same texts; hidden and attention
     terms only when both tokenizers cut every training text alike (else refused); --no-cache
     is refused."""
+    freeze_embeddings: bool = False
+    """Keep the student's word-embedding table as it starts (pretrained, or the teacher's
+    projected), for every method and the student alone: about two thirds of MiniLM-L3's
+    parameters then take no updates, and words the training texts lack stay in step with
+    the rest (a guard against fitting the training vocabulary)."""
     student_init: Literal["pca", "random"] = "pca"
     """tiny/small embeddings: pca (teacher's, projected to the student width) or random."""
     transfer: str = "auto"
