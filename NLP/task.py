@@ -237,7 +237,7 @@ class TextDistillTask:
         self.inputs = with_labels(self.t_train, self.t_transfer, unlabelled)  # the teacher's
         self.distill_train = with_labels(self.train, self.transfer, unlabelled)  # the student's
         # Every method, the student alone too, gets the steps of one pass over the distilled
-        # inputs per epoch, so runs of separate invocations stay comparable.
+        # inputs per epoch (or --steps), so runs of separate invocations stay comparable.
         self.steps = args.steps or args.epochs * math.ceil(len(self.inputs) / args.batch_size)
         self.lr = args.lr or (1e-4 if args.student == "truncated" or args.student_base else 1e-3)
         self.settings = {
@@ -550,7 +550,7 @@ class TextDistillTask:
                 args.grad_accum,
             ),
             extra={
-                "train_size": len(self.distill_train if plan.needed else self.train),
+                "train_size": len(train_rows),
                 "labelled_train_size": len(self.train),
                 "transfer_size": 0
                 if not plan.needed or self.transfer is None

@@ -111,7 +111,7 @@ def _unpack_rng(
     tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], index: int
 ) -> tuple[dict[str, torch.Tensor], Mapping[str, Any]]:
     """Process ``index``'s saved states; process 0's when it has none (a checkpoint from
-    before per-process states, or from a run with fewer processes)."""
+    before per-process states were kept)."""
     others = meta.get("rng_processes", [])
     if index == 0 or index > len(others):
         return {k: v for k, v in tensors.items() if "." not in k}, meta["rng"]
