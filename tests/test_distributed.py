@@ -33,10 +33,14 @@ def _launch_two(*args: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _run(cmd: list[str], cwd: Path) -> str:
+def _launch(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     # Keep both processes to one thread each: 2 processes x N threads on 2 cores thrash.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    proc = _launch(cmd, cwd)
     assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 
@@ -63,13 +67,9 @@ def test_two_processes_resume_each_its_own_generators(tmp_path):
     whole, resumed = tmp_path / "whole.safetensors", tmp_path / "resumed.safetensors"
     common = [str(TOY), "--noise", "--out"]
     _run(_launch_two(*common, str(whole), "--run-dir", str(tmp_path / "a")), tmp_path)
-    crashed = subprocess.run(
+    crashed = _launch(
         _launch_two(*common, str(resumed), "--run-dir", str(tmp_path / "b"), "--crash-at", "10"),
-        cwd=tmp_path,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
+        tmp_path,
     )
     assert crashed.returncode != 0 and not resumed.exists()
     out = _run(_launch_two(*common, str(resumed), "--run-dir", str(tmp_path / "b")), tmp_path)
