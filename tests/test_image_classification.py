@@ -259,7 +259,8 @@ def test_teacher_flip_warns_about_a_teacher_trained_without_flips(teacher_dir, t
 
 
 @pytest.mark.parametrize(
-    "method", ["none", "kd", "fitnet", "at", "dkd", "kd+at", "kd+rkd", "kd+pkt", "kd+sp", "kd+crd"]
+    "method",
+    ["none", "kd", "fitnet", "at", "dkd", "kd+at", "kd+rkd", "kd+pkt", "kd+sp", "kd+crd", "fm"],
 )
 def test_each_method_runs_end_to_end(teacher_dir, tmp_path, method):
     summary = distill.main(
@@ -300,6 +301,7 @@ def test_each_method_runs_end_to_end(teacher_dir, tmp_path, method):
         "kd+pkt": {"kd", "ce", "pkt"},
         "kd+sp": {"kd", "ce", "sp"},
         "kd+crd": {"kd", "ce", "crd"},
+        "fm": {"kd"},
     }
     assert set(res["loss"]["weights"]) == expected_terms[method]
     if method == "kd+crd":  # keys, widths and bank size filled in from the models and data
@@ -785,7 +787,7 @@ def test_views_end_to_end_every_method_on_the_same_views(teacher_dir, tmp_path, 
     args = [*SMALL, "--teacher", str(teacher_dir), "--epochs", "2", "--student", "tiny"]
     args += ["--augment", *ALL_VIEWS, "--cache-dir", str(tmp_path / "cache")]
     distill.main(
-        [*args, "--views", "2", "--methods", "none", "kd", "--out-dir", str(tmp_path / "c")]
+        [*args, "--views", "2", "--methods", "none", "kd", "fm", "--out-dir", str(tmp_path / "c")]
     )
     none, kd = (load_results(tmp_path / "c" / m / "seed-0") for m in ("none", "kd"))
     info = kd["extra"]["teacher_cache"]
@@ -803,6 +805,12 @@ def test_views_end_to_end_every_method_on_the_same_views(teacher_dir, tmp_path, 
         assert alone[k] == taught[k], k
     for k in ("images", "labels", "index", "view"):
         assert torch.equal(alone["batch"][k], taught["batch"][k]), k
+        assert torch.equal(seen["fm seed 0"]["batch"][k], taught["batch"][k]), k
+    fm = load_results(tmp_path / "c" / "fm" / "seed-0")
+    assert fm["loss"]["weights"] == {"kd": 1.0} and fm["loss"]["options"]["kd"]["temperature"] == 1
+    fm_cache = fm["extra"]["teacher_cache"]  # the one view cache serves kd and fm
+    assert fm_cache["mode"] == "cache" and fm_cache["path"] == info["path"]
+    assert fm_cache["batches_served"] == 12
     labels = alone["batch"]["labels"]
     assert labels.dtype == torch.float32 and labels.shape == (64, 10)
     assert (labels > 0).sum(1).max() == 2  # mixed views: two labels with their weights

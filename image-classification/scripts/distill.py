@@ -62,6 +62,9 @@ METHODS = method_table(
         "kd+pkt": ("kd=0.5,ce=0.5,pkt=1", {"kd": {"temperature": 2.0}}),
         "kd+sp": ("kd=0.5,ce=0.5,sp=3000", {"kd": {"temperature": 2.0}}),
         "kd+crd": ("kd=0.5,ce=0.5,crd=0.8", {"kd": {"temperature": 2.0}}),
+        # Function matching (Beyer et al. 2022): the teacher's outputs alone at T=1, no labels;
+        # meant for --views, where teacher and student see the same (mixed) view.
+        "fm": ("kd=1", {"kd": {"temperature": 1.0}}),
     }
 )
 """Method name -> loss spec and options (names match the registry where they are the same
@@ -86,7 +89,7 @@ class Args(DistillArgs):
     """Dataset files, as for train_teacher.py; unset: the copy `make data` fetched."""
     methods: tuple[str, ...] = ("none", "kd")
     """Methods to compare, from METHODS: none, kd, dkd, dist, lskd, fitnet, at, kd+at,
-    kd+fitnet."""
+    kd+fitnet, kd+rkd, kd+pkt, kd+sp, kd+crd, fm."""
     student: Literal["tiny", "small", "medium"] = "small"
     """Student CNN size: tiny, small or medium."""
     epochs: int = 10
