@@ -5,6 +5,7 @@ in the test, run through every domain's distill.py with no change to domain code
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,23 @@ def test_methods_resolve_with_options_and_every_mistake_is_named():
     assert alone.options == {}
     with pytest.raises(ConfigError, match=r"'kd' has no option 'tau'"):
         method_table({"kd": ("kd=1", {"kd": {"tau": 2}})})
+
+
+@pytest.mark.parametrize("domain", domain_names())
+def test_the_methods_help_names_every_method_of_the_table(domain):
+    """``--methods --help`` lists the method table by hand: a method added to the table and
+    not to the help (as four image methods once were) fails here."""
+    import importlib
+
+    from common.cli import field_docs
+
+    script = importlib.import_module(domains()[domain].distill_script)
+    table = script.METHODS
+    tables = table.values() if all(isinstance(v, dict) for v in table.values()) else [table]
+    names = {name for t in tables for name in t}
+    help_text = " ".join(field_docs(script.Args)["methods"].split())
+    listed = set(re.findall(r"[\w+-]+", help_text))
+    assert names and names <= listed, f"missing from the help: {sorted(names - listed)}"
 
 
 def test_the_teacher_plan_is_decided_once_with_a_reason():
