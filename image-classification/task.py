@@ -68,6 +68,10 @@ from image_classification.teacher_model.resnet import flip_averaged
 
 BATCH_KEYS = frozenset({"images", "labels", "index"})
 """What every image batch holds (``flipped`` too with flips, ``view`` with views)."""
+RELATIONAL = frozenset({"rkd", "pkt", "sp"})
+"""Terms that relate the examples of a batch to each other: here they read each model's
+deepest tap (pooled: the penultimate features; SP flattens the map), as their papers do,
+rather than the terms' logits default."""
 LIVE_AUGMENT_REASON = f"{AUGMENTATION_REASON}; --views V caches V seeded views per image instead"
 VIEW_TAPS_REASON = (
     "the view cache holds logits only (feature maps of every view of every image would take V "
@@ -414,9 +418,21 @@ class ImageDistillTask:
                 "resize": True,
             }
             method = method.with_options("at", **{**defaults, **method.options.get("at", {})})
+        for term in RELATIONAL & set(method.weights):
+            given = method.options.get(term, {})
+            method = method.with_options(term, **{**self._deepest_keys(given), **given})
         if "crd" in method.weights:
             method = method.with_options("crd", **self._crd_options(method.options.get("crd", {})))
         return method
+
+    def _deepest_keys(self, given: dict[str, Any]) -> dict[str, str]:
+        """The deepest tap of each model (its last feature map: pooled, the penultimate
+        features), where the relational and contrastive papers relate examples; logits for
+        a teacher without taps. Keys given as options win."""
+        return {
+            "student_key": given.get("student_key", next(reversed(self.s_taps), "logits")),
+            "teacher_key": given.get("teacher_key", next(reversed(self.t_taps), "logits")),
+        }
 
     def _crd_options(self, given: dict[str, Any]) -> dict[str, Any]:
         """``crd``'s keys, widths and bank size: the deepest taps (penultimate features, as in
@@ -429,8 +445,8 @@ class ImageDistillTask:
             return {k: v[0] if pool else math.prod(v) for k, v in shapes.items()}
 
         s_dims, t_dims = widths(self.s_taps), widths(self.t_taps)
-        s_key = given.get("student_key", next(reversed(self.s_taps), "logits"))
-        t_key = given.get("teacher_key", next(reversed(self.t_taps), "logits"))
+        keys = self._deepest_keys(given)
+        s_key, t_key = keys["student_key"], keys["teacher_key"]
         for key, dims, who in ((s_key, s_dims, "student"), (t_key, t_dims, "teacher")):
             if key not in dims:
                 raise ConfigError(

@@ -304,6 +304,9 @@ def test_each_method_runs_end_to_end(teacher_dir, tmp_path, method):
         "fm": {"kd"},
     }
     assert set(res["loss"]["weights"]) == expected_terms[method]
+    for term in {"rkd", "pkt", "sp"} & set(res["loss"]["weights"]):
+        # Relational terms relate the deepest features, as in their papers, not the logits.
+        assert (options[term]["student_key"], options[term]["teacher_key"]) == ("stage3", "layer4")
     if method == "kd+crd":  # keys, widths and bank size filled in from the models and data
         crd = options["crd"]
         assert crd["num_data"] == 384 and crd["student_dim"] > 0 and crd["teacher_dim"] > 0

@@ -56,8 +56,8 @@ METHODS = method_table(
         "at": "at=50,ce=1",
         "kd+at": ("kd=0.5,ce=0.5,at=50", {"kd": {"temperature": 2.0}}),
         "kd+fitnet": ("kd=0.5,ce=0.5,hint=1", {"kd": {"temperature": 2.0}}),
-        # Relational and contrastive terms beside kd, at their papers' weights: RKD's 25:50
-        # distance:angle ratio on logits, SP's 3000, CRD's 0.8 (on the penultimate features).
+        # Relational and contrastive terms beside kd, at their papers' weights (RKD's 25:50
+        # distance:angle ratio, SP's 3000, CRD's 0.8), on each model's deepest features.
         "kd+rkd": ("kd=0.5,ce=0.5,rkd=1", {"kd": {"temperature": 2.0}}),
         "kd+pkt": ("kd=0.5,ce=0.5,pkt=1", {"kd": {"temperature": 2.0}}),
         "kd+sp": ("kd=0.5,ce=0.5,sp=3000", {"kd": {"temperature": 2.0}}),
