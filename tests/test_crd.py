@@ -56,10 +56,11 @@ def _unit(rng, *shape):
 
 
 @pytest.mark.parametrize("tau", [0.07, 0.5])
-def test_crd_loss_matches_numpy_reference(tau):
+@pytest.mark.parametrize("bank_rows", [7, 50])  # 9 draws: the whole bank scored / rows gathered
+def test_crd_loss_matches_numpy_reference(tau, bank_rows):
     rng = np.random.default_rng(0)
     s, t = _unit(rng, 3, 4), _unit(rng, 3, 4)
-    s_bank, t_bank = _unit(rng, 7, 4), _unit(rng, 7, 4)
+    s_bank, t_bank = _unit(rng, bank_rows, 4), _unit(rng, bank_rows, 4)
     negatives = np.array([[1, 2, 6], [0, 0, 5], [3, 4, 1]])
     got = crd_loss(
         *(torch.tensor(x, dtype=torch.float32) for x in (s, t, s_bank, t_bank)),
