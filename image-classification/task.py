@@ -420,18 +420,18 @@ class ImageDistillTask:
             method = method.with_options("at", **{**defaults, **method.options.get("at", {})})
         for term in RELATIONAL & set(method.weights):
             given = method.options.get(term, {})
-            method = method.with_options(term, **{**self._deepest_keys(given), **given})
+            method = method.with_options(term, **{**self._deepest_keys(), **given})
         if "crd" in method.weights:
             method = method.with_options("crd", **self._crd_options(method.options.get("crd", {})))
         return method
 
-    def _deepest_keys(self, given: dict[str, Any]) -> dict[str, str]:
+    def _deepest_keys(self) -> dict[str, str]:
         """The deepest tap of each model (its last feature map: pooled, the penultimate
         features), where the relational and contrastive papers relate examples; logits for
-        a teacher without taps. Keys given as options win."""
+        a teacher without taps. Callers merge the keys given as options over these."""
         return {
-            "student_key": given.get("student_key", next(reversed(self.s_taps), "logits")),
-            "teacher_key": given.get("teacher_key", next(reversed(self.t_taps), "logits")),
+            "student_key": next(reversed(self.s_taps), "logits"),
+            "teacher_key": next(reversed(self.t_taps), "logits"),
         }
 
     def _crd_options(self, given: dict[str, Any]) -> dict[str, Any]:
@@ -445,7 +445,7 @@ class ImageDistillTask:
             return {k: v[0] if pool else math.prod(v) for k, v in shapes.items()}
 
         s_dims, t_dims = widths(self.s_taps), widths(self.t_taps)
-        keys = self._deepest_keys(given)
+        keys = {**self._deepest_keys(), **given}
         s_key, t_key = keys["student_key"], keys["teacher_key"]
         for key, dims, who in ((s_key, s_dims, "student"), (t_key, t_dims, "teacher")):
             if key not in dims:
