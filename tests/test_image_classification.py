@@ -316,24 +316,9 @@ def test_each_method_runs_end_to_end(teacher_dir, tmp_path, method):
 
 
 def test_keys_given_as_loss_options_win_over_the_deepest_taps(teacher_dir, tmp_path):
-    distill.main(
-        [
-            *SMALL,
-            "--teacher",
-            str(teacher_dir),
-            "--methods",
-            "kd+rkd",
-            "--loss-option",
-            "rkd.student_key=stage2",
-            "rkd.teacher_key=layer3",
-            "--epochs",
-            "1",
-            "--student",
-            "tiny",
-            "--out-dir",
-            str(tmp_path),
-        ]
-    )
+    args = [*SMALL, "--teacher", str(teacher_dir), "--epochs", "1", "--student", "tiny"]
+    keys = ["--loss-option", "rkd.student_key=stage2", "rkd.teacher_key=layer3"]
+    distill.main([*args, "--methods", "kd+rkd", *keys, "--out-dir", str(tmp_path)])
     rkd = load_results(tmp_path / "kd+rkd" / "seed-0")["loss"]["options"]["rkd"]
     assert (rkd["student_key"], rkd["teacher_key"]) == ("stage2", "layer3")
 
