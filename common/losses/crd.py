@@ -37,7 +37,7 @@ training split's size) from the models and data; any of them, and ``num_negative
 crd.key=value``. Other domains give ``num_data`` and the widths themselves.
 
 Memory: when the ``B * K`` draws cover at least the bank's rows, each side scores the whole
-bank once, ``2 * B * num_data`` floats (56 MiB at B = 128 and 55k rows); otherwise the
+bank once, ``2 * B * num_data`` floats (54 MiB at B = 128 and 55k rows); otherwise the
 gathered negatives take ``2 * B * K * feat_dim`` floats (512 MiB at B = 128, K = 4096, 128
 dims). The paper uses K = 16384 on CIFAR-100 with temperature 0.07.
 """
