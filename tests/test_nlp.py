@@ -719,6 +719,16 @@ def test_cached_teacher_logits_train_the_same_student_as_the_live_teacher(teache
     assert info["enabled"] and not info["hit"] and info["examples"] == 160  # 128 + 32 transfer
     assert info["batches_served"] == first["budget"]["steps"] == 5
     assert second["extra"]["teacher_cache"]["hit"]
+    # The teacher's validation and test logits are cached too, one file per split, holding
+    # what the live run computed: the teacher's scores and the agreement metrics match.
+    from safetensors.torch import load_file
+
+    stored = [load_file(f) for f in sorted((tmp_path / "cache").glob("*.safetensors"))]
+    evals = [s for s in stored if sorted(s) == ["labels", "logits"]]
+    assert sorted(len(s["labels"]) for s in evals) == [64, 400]  # test, validation
+    for key in ("test/accuracy", "test/agreement", "test/macro_f1"):
+        assert first["metrics"]["final"][key] == live["metrics"]["final"][key], key
+    assert first["teacher"]["metrics"] == live["teacher"]["metrics"] == second["teacher"]["metrics"]
     weights = [
         load_classifier(str(tmp_path / name / "kd" / "seed-0" / "model")).state_dict()
         for name in ("live", "first", "second")
@@ -775,7 +785,8 @@ def test_hidden_and_attention_from_the_state_cache_train_the_live_teachers_stude
 
     live, first, second = run("live", "--no-cache"), run("first"), run("second")
     state_files = list((tmp_path / "cache").glob("*.safetensors"))
-    assert len(state_files) == 2  # the logits for kd, and one state file for both methods
+    # The logits for kd, one state file for both methods, the teacher's val and test logits.
+    assert len(state_files) == 4
     for method in ("kd+hidden", "kd+attention"):
         assert live[method]["extra"]["teacher_cache"]["enabled"] is False
         assert not first[method]["extra"]["state_cache"]["hit"]
