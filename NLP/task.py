@@ -214,25 +214,7 @@ class TextDistillTask:
             "teacher": speed_report(teacher, self.one, many),
             "student": speed_report(probe, self.s_one, s_many),
         }
-        self.t_val_logits, _ = self._teacher_eval_logits(self.t_val, "val")
-        self.t_test_logits, self.test_labels = self._teacher_eval_logits(self.t_test, "test")
-        t_acc = classification_metrics(
-            self.t_test_logits, self.test_labels, "test", with_macro_f1=True
-        )
-        self.teacher = {
-            **describe_model(
-                teacher,
-                str(self.meta.get("base", args.teacher)),
-                self.one,
-                checkpoint=str(args.teacher),
-                sha256=self.digest,
-            ),
-            "test_accuracy": t_acc["test/accuracy"],
-            "score": t_acc["test/accuracy"],
-            "metrics": t_acc,
-            "speed": self.speed["teacher"],
-            "sampling": proportion_sampling(len(self.test)),
-        }
+        self.teacher: dict[str, Any] = {}  # with its test scores, from prepare()
         unlabelled = None if transfer is None else torch.full((len(transfer),), IGNORE_LABEL)
         self.inputs = with_labels(self.t_train, self.t_transfer, unlabelled)  # the teacher's
         self.distill_train = with_labels(self.train, self.transfer, unlabelled)  # the student's
@@ -355,8 +337,10 @@ class TextDistillTask:
         return misaligned_rows(self.inputs, self.distill_train, self.tokenizer, self.s_tokenizer)
 
     def prepare(self, plans: dict[str, TeacherPlan], cache_keys: frozenset[str]) -> dict:
-        """The teacher's logits on the labelled + transfer texts (cached, or a live pass over
-        the transfer texts when the cache is off); the teacher's argmax labels the transfer."""
+        """The teacher's evaluation logits and description; its logits on the labelled +
+        transfer texts (cached, or a live pass over the transfer texts when the cache is off);
+        the teacher's argmax labels the transfer."""
+        self._evaluate_teacher()
         if not any(p.needed for p in plans.values()):
             return {}
         if self.args.cache:
@@ -370,6 +354,31 @@ class TextDistillTask:
             labels = logits[len(self.train) :].argmax(-1)
             self.distill_train = with_labels(self.train, self.transfer, labels)  # student's
         return info
+
+    def _evaluate_teacher(self) -> None:
+        """The teacher's validation and test logits (cached), and its description for
+        results.json. Run from :meth:`prepare`, after every method's options are checked, so
+        a bad option fails before this pass."""
+        a = self.args
+        self.t_val_logits, _ = self._teacher_eval_logits(self.t_val, "val")
+        self.t_test_logits, self.test_labels = self._teacher_eval_logits(self.t_test, "test")
+        t_acc = classification_metrics(
+            self.t_test_logits, self.test_labels, "test", with_macro_f1=True
+        )
+        self.teacher = {
+            **describe_model(
+                self.teacher_model,
+                str(self.meta.get("base", a.teacher)),
+                self.one,
+                checkpoint=str(a.teacher),
+                sha256=self.digest,
+            ),
+            "test_accuracy": t_acc["test/accuracy"],
+            "score": t_acc["test/accuracy"],
+            "metrics": t_acc,
+            "speed": self.speed["teacher"],
+            "sampling": proportion_sampling(len(self.test)),
+        }
 
     def _cached_logits(self) -> tuple[Tensor, dict]:
         parts = []
@@ -419,12 +428,7 @@ class TextDistillTask:
         if not self.args.cache:
             live = compute()
             return live["logits"], live["labels"]
-        key = cache_key(
-            teacher_sha256=self.digest,
-            data_sha256=fingerprint(*token_tensors(split)),
-            preprocessing={"max_length": self.max_length, "pad_id": self.pad_id, "order": "rows"},
-            outputs=["logits", "labels"],
-        )
+        key = self._teacher_key(["logits", "labels"], split, order="rows")
         cache, _ = load_or_compute(self.args.cache_dir or default_cache_dir(), key, compute)
         return cache.get("logits"), cache.get("labels")
 
