@@ -36,7 +36,15 @@ from common.cli import args_dict
 from common.errors import ConfigError
 from common.io import atomic_write_json, claim_folder
 from common.losses import LOSSES, CombinedLoss, Reads, build_loss, parse_loss_spec
-from common.results import RunResult, finished_run, make_metrics, write_results
+from common.results import (
+    RESULTS_FILE,
+    ResultsError,
+    RunResult,
+    finished_run,
+    load_results,
+    make_metrics,
+    write_results,
+)
 from common.stats import as_json, summarize
 from common.training import is_main_process
 
@@ -492,10 +500,47 @@ def _one_run(
     return result.to_dict()
 
 
+_RUN_KEYS = ("method", "seed", "loss")
+"""The settings a run adds to its task's (:func:`_one_run`)."""
+
+
+def earlier_runs(out_dir: Path, settings: Mapping[str, Any], skip: set[str]) -> list[dict]:
+    """Finished runs in ``out_dir`` (``<method>/seed-<k>/results.json``) of methods not in
+    ``skip`` whose settings, but for method, seed and loss, are ``settings``: runs of other
+    methods on the same task, teacher and data, which an earlier invocation made."""
+    wanted = json.loads(json.dumps(dict(settings)))
+    found = []
+    for path in sorted(Path(out_dir).glob(f"*/seed-*/{RESULTS_FILE}")):
+        try:
+            data = load_results(path)
+        except ResultsError:
+            continue  # a broken file is the report's to name, not the summary's
+        stored = dict(data.get("extra", {}).get("settings") or {})
+        if data.get("role") != "student" or stored.get("method") in skip:
+            continue
+        if {k: v for k, v in stored.items() if k not in _RUN_KEYS} == wanted:
+            found.append(data)
+    return found
+
+
 def _summary(task: DistillTask, results: list[dict], out_dir: Path) -> dict[str, Any]:
+    """Summarise this invocation's runs together with the finished runs of other methods that
+    earlier invocations left in ``out_dir`` with the same settings, so ``--methods kd`` after
+    ``--methods none`` still compares kd with the student alone."""
     from common.report import render_terminal  # local: the report imports plotting
 
-    (group,) = summarize(results)
+    def group_key(r: dict) -> tuple:
+        return r["domain"], r["dataset"], (r.get("teacher") or {}).get("name"), r["student"]["name"]
+
+    earlier = earlier_runs(out_dir, task.settings, {r["method"] for r in results})
+    earlier = [r for r in earlier if group_key(r) == group_key(results[0])]
+    if earlier and is_main_process():
+        counts: dict[str, int] = {}
+        for r in earlier:
+            counts[r["method"]] = counts.get(r["method"], 0) + 1
+        listed = ", ".join(f"{m} ({n} seed{'s' * (n > 1)})" for m, n in sorted(counts.items()))
+        print(f"summary also holds earlier runs with the same settings: {listed}")
+    (group,) = summarize([*results, *earlier])
     summary = {**as_json(group), **task.summary_extra()}
     if is_main_process():
         atomic_write_json(Path(out_dir) / "summary.json", summary)

@@ -15,7 +15,13 @@ from torch import Tensor
 
 from common.domains import domain_names, domains
 from common.errors import ConfigError
-from common.experiment import Method, method_table, plan_teacher, resolve_methods
+from common.experiment import (
+    Method,
+    earlier_runs,
+    method_table,
+    plan_teacher,
+    resolve_methods,
+)
 from common.losses import LOSSES, LossTerm, Reads
 from common.report import _mean_std
 from common.results import load_results
@@ -153,6 +159,22 @@ def test_a_term_reading_what_the_domain_does_not_produce_is_refused(rl_teacher, 
     with pytest.raises(ConfigError, match=r"'ce' reads batch output 'labels'.*they give: obs"):
         distill.main([*RL_TINY, "--teacher", str(rl_teacher), "--methods", "--loss", "ce=1",
                       "--out-dir", str(tmp_path)])  # fmt: skip
+
+
+def test_the_summary_holds_earlier_invocations_runs_with_the_same_settings(image_teacher, tmp_path):
+    """``--methods kd`` after ``--methods none`` in the same folder still compares kd with the
+    student alone; a run made with other settings (here another learning rate) is left out."""
+    distill, argv = _image(image_teacher, tmp_path)
+    distill.main([*argv, "--methods", "none"])
+    summary = distill.main([*argv, "--methods", "kd"])
+    assert list(summary["methods"]) == ["none", "kd"]
+    none = load_results(tmp_path / "none" / "seed-0")["metrics"]["final"]["test/accuracy"]
+    assert summary["methods"]["none"]["scores"] == pytest.approx([none])
+    assert summary["methods"]["kd"]["gain_over_none"] is not None
+    settings = load_results(tmp_path / "kd" / "seed-0")["extra"]["settings"]
+    task = {k: v for k, v in settings.items() if k not in ("method", "seed", "loss")}
+    assert [r["method"] for r in earlier_runs(tmp_path, task, {"kd"})] == ["none"]
+    assert earlier_runs(tmp_path, {**task, "lr": task["lr"] / 2}, {"kd"}) == []
 
 
 def test_wilson_interval_matches_the_closed_form():
