@@ -24,6 +24,7 @@ from __future__ import annotations
 import inspect
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -535,9 +536,7 @@ def _summary(task: DistillTask, results: list[dict], out_dir: Path) -> dict[str,
     earlier = earlier_runs(out_dir, task.settings, {r["method"] for r in results})
     earlier = [r for r in earlier if group_key(r) == group_key(results[0])]
     if earlier and is_main_process():
-        counts: dict[str, int] = {}
-        for r in earlier:
-            counts[r["method"]] = counts.get(r["method"], 0) + 1
+        counts = Counter(r["method"] for r in earlier)
         listed = ", ".join(f"{m} ({n} seed{'s' * (n > 1)})" for m, n in sorted(counts.items()))
         print(f"summary also holds earlier runs with the same settings: {listed}")
     (group,) = summarize([*results, *earlier])
