@@ -86,6 +86,8 @@ class MethodRow:
     budget: dict[str, Any]
     student_params: int
     speedup: float | None = None
+    """Student over teacher inference throughput: the median over the row's runs of each
+    run's own ratio (both models timed side by side in that run)."""
     data: dict[str, int] = field(default_factory=dict)
     """Training examples a run saw (``train_size``, ``labelled_train_size``,
     ``transfer_size``): the student alone and a distilled student may see different data."""
@@ -305,6 +307,19 @@ def _rows_by_budget(runs: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, 
     return rows
 
 
+def _speedup(runs: Sequence[dict[str, Any]]) -> float | None:
+    """The median over ``runs`` of student / teacher throughput, each ratio from one run's
+    side-by-side timing: runs of earlier invocations were timed under other loads, so a
+    student's figure is never divided by another run's teacher figure."""
+    ratios = []
+    for r in runs:
+        t = ((r.get("teacher") or {}).get("speed") or {}).get("throughput")
+        s = (r["student"].get("speed") or {}).get("throughput")
+        if t and s:
+            ratios.append(s / t)
+    return statistics.median(ratios) if ratios else None
+
+
 def summarize(results: Sequence[dict[str, Any]]) -> list[GroupSummary]:
     """Group student runs by (domain, dataset, teacher, student) and summarise each group;
     teacher runs (role "teacher") only lend their training time."""
@@ -329,18 +344,14 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[GroupSummary]:
         rows = {}
         for method, rs in sorted(by_method.items(), key=lambda kv: (kv[0] != "none", kv[0])):
             means, stds = _numeric_stats(rs)
-            s_speed = rs[0]["student"].get("speed") or {}
             extra = rs[0].get("extra") or {}
-            speedup = None
-            if t_speed.get("throughput") and s_speed.get("throughput"):
-                speedup = s_speed["throughput"] / t_speed["throughput"]
             rows[method] = MethodRow(
                 method=method,
                 scores=[float(r["metrics"]["final"][metric]) for r in rs],
                 wall_time_s=mean_std([float(r["wall_time_s"]) for r in rs])[0],
                 budget=rs[0].get("budget", {}),
                 student_params=int(rs[0]["student"]["params"]),
-                speedup=speedup,
+                speedup=_speedup(rs),
                 data={k: int(v) for k in DATA_KEYS if isinstance(v := extra.get(k), (int, float))},
                 sampling=rs[0]["metrics"].get("sampling"),
                 metric_means=means,

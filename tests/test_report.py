@@ -20,7 +20,7 @@ STUDENT_SPEED = {"latency_b1_ms": 1.0, "throughput": 800.0, "batch": 256, "unit"
 
 def write_run(
     root, domain, method, seed, score, metric="test/accuracy", teacher=TEACHER, extra=None,
-    student=None, budget=None,
+    student=None, budget=None, student_speed=STUDENT_SPEED,
 ):  # fmt: skip
     student = student or {"name": "small", "params": 50}
     run = root / domain / student["name"] / method / f"seed-{seed}"
@@ -33,7 +33,7 @@ def write_run(
             method=method,
             seed=seed,
             teacher=teacher,
-            student={**student, "speed": STUDENT_SPEED},
+            student={**student, "speed": student_speed},
             metrics=make_metrics({metric: score}, metric),
             budget=budget or {"epochs": 2, "steps": 10},
             wall_time_s=3.0,
@@ -83,6 +83,27 @@ def test_numbers_and_verdicts_follow_from_the_results(runs):
     assert rl.gain(rl.rows["kd"]) == pytest.approx(0.0)
     assert rl.verdict(rl.rows["kd"]).startswith("within noise")
     assert rl.kept(rl.rows["none"]) == pytest.approx((350.0 - 20.0) / (500.0 - 20.0))
+
+
+def test_a_speed_up_divides_figures_timed_side_by_side_in_one_run(tmp_path):
+    # Each run timed both models under its own load (its invocation's): kd's runs give the
+    # ratios 8, 5 and 10, the student alone's 12. Dividing one run's student figure by
+    # another run's teacher figure would mix loads (the student alone: 600 / 100 = 6).
+    root = tmp_path / "runs"
+    timings = {"kd": [(100.0, 800.0), (200.0, 1000.0), (50.0, 500.0)], "none": [(50.0, 600.0)]}
+    for method, pairs in timings.items():
+        for seed, (t, s) in enumerate(pairs):
+            teacher = {**TEACHER, "speed": {**TEACHER["speed"], "throughput": t}}
+            speed = {**STUDENT_SPEED, "throughput": s}
+            write_run(
+                root, "image-classification", method, seed, 0.85, teacher=teacher,
+                student_speed=speed,
+            )  # fmt: skip
+    results, problems = load_all([root])
+    assert problems == []
+    (group,) = summarize(results)
+    assert group.rows["kd"].speedup == pytest.approx(8.0)  # the median of 8, 5 and 10
+    assert group.rows["none"].speedup == pytest.approx(12.0)
 
 
 def test_report_files_plots_and_terminal_table(runs, tmp_path, capsys):
