@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,20 @@ RL_TINY = [
     "--n-envs", "4", "--eval-episodes", "3", "--val-episodes", "1", "--batch-size", "64",
 ]  # fmt: skip
 """Small distillation budgets per domain (image and NLP also for their teachers)."""
+
+
+SUITE_PEAK_TMP_GB = 1.5
+"""The suite's peak use of the temp disk, measured: each passing test's ``tmp_path`` is removed
+at its teardown (``tmp_path_retention_policy`` in pyproject.toml), the session's teachers stay."""
+
+
+def pytest_report_header(config) -> str:
+    """Free space where ``tmp_path`` lives, so a run that fails for a full disk says so up front."""
+    root = Path(config.option.basetemp or tempfile.gettempdir())
+    root = root if root.exists() else root.parent
+    free = shutil.disk_usage(root).free / 1e9
+    note = "" if free > 2 * SUITE_PEAK_TMP_GB else "  <- low: free space or pass --basetemp DIR"
+    return f"temp disk: {free:.1f} GB free in {root} (the suite peaks near {SUITE_PEAK_TMP_GB} GB){note}"
 
 
 def sb3_tmp_dirs() -> set[str]:
