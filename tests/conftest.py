@@ -24,8 +24,9 @@ at its teardown (``tmp_path_retention_policy`` in pyproject.toml), the session's
 
 def pytest_report_header(config) -> str:
     """Free space where ``tmp_path`` lives, so a run that fails for a full disk says so up front."""
-    root = Path(config.option.basetemp or tempfile.gettempdir())
-    root = root if root.exists() else root.parent
+    root = Path(config.option.basetemp or tempfile.gettempdir()).absolute()
+    while not root.exists():  # --basetemp may name a folder pytest has yet to make
+        root = root.parent
     free = shutil.disk_usage(root).free / 1e9
     note = "" if free > 2 * SUITE_PEAK_TMP_GB else "  <- low: free space or pass --basetemp DIR"
     return f"temp disk: {free:.1f} GB free in {root} (the suite peaks near {SUITE_PEAK_TMP_GB} GB){note}"
