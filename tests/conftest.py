@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,7 +25,9 @@ at its teardown (``tmp_path_retention_policy`` in pyproject.toml), the session's
 
 def pytest_report_header(config) -> str:
     """Free space where ``tmp_path`` lives, so a run that fails for a full disk says so up front."""
-    root = Path(config.option.basetemp or tempfile.gettempdir()).absolute()
+    # pytest's own order: --basetemp, then $PYTEST_DEBUG_TEMPROOT, then the system temp folder.
+    temproot = os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir()
+    root = Path(config.option.basetemp or temproot).absolute()
     while not root.exists():  # --basetemp may name a folder pytest has yet to make
         root = root.parent
     free = shutil.disk_usage(root).free / 1e9
